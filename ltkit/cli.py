@@ -1,0 +1,107 @@
+"""``ltkit`` command line: grids (list / run / status), data packing, notebook preparation.
+
+    ltkit grid list   configs/demo.yaml
+    ltkit grid run    configs/demo.yaml [--force] [--no-dedupe] [--jobs N] [--executor local|slurm]
+    ltkit grid status configs/demo.yaml
+    ltkit data pack   --src ../shared/data --out .gpu_data/cao --protocol cao2019
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from typing import Any
+
+import yaml
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise SystemExit(f"--set expects key=value, got {p!r}")
+        k, v = p.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ltkit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("grid", help="list, run or report a grid of runs")
+    g.add_argument("action", choices=["list", "run", "status"])
+    g.add_argument("grid", help="grid YAML file (configs/*.yaml)")
+    g.add_argument("--force", action="store_true", help="re-run finished runs")
+    g.add_argument("--no-dedupe", action="store_true", help="also train runs that are identical to CE by construction")
+    g.add_argument("--jobs", type=int, default=None, help="concurrent runs (default: one per GPU slot, 1 on CPU)")
+    g.add_argument("--executor", choices=["local", "slurm", "debug"], default="local")
+    g.add_argument("--results", default=None, help="results folder (default: the grid's)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field for every run, e.g. --set epochs=1")
+    g.add_argument("--slurm-log-dir", default=None)
+    d = sub.add_parser("data", help="data utilities")
+    d.add_argument("action", choices=["pack"])
+    d.add_argument("--src", required=True)
+    d.add_argument("--out", required=True)
+    d.add_argument("--dataset", default="cifar100")
+    d.add_argument("--protocol", action="append", required=True, help="cao2019 or thesis (repeatable)")
+    d.add_argument("--imb-factor", type=float, default=100)
+    d.add_argument("--no-test", action="store_true", help="leave the test images out of the pack")
+    args = ap.parse_args(argv)
+
+    if args.cmd == "data":
+        from .data import pack_subset
+
+        specs = [{"protocol": p, "imb_factor": args.imb_factor} for p in args.protocol]
+        print(pack_subset(args.src, args.dataset, args.out, specs, test=not args.no_test))
+        return 0
+
+    from .config import ConfigError
+    from .grid import load_grid, plan, run_grid
+
+    try:
+        grid = load_grid(args.grid, _overrides(args.set), args.results)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"ltkit: {exc}", file=sys.stderr)
+        return 2
+    if args.action == "list":
+        for cfg, status, target in plan(grid, not args.no_dedupe):
+            alias = f"  (= {target.run_path()})" if target is not None and status == "missing" else ""
+            print(f"{status:8s} {cfg.run_path()}{alias}")
+        print(f"{len(grid.runs)} runs in {grid.name}")
+        return 0
+    if args.action == "status":
+        from .submit import executor_status
+
+        rows = plan(grid, not args.no_dedupe)
+        extra = executor_status(grid)
+        counts: Counter[str] = Counter()
+        for cfg, status, target in rows:
+            st = status if status in ("done", "alias") else extra.get(cfg.run_path(), status)
+            if st == "missing" and target is not None:
+                st = "to-alias"
+            counts[st] += 1
+            print(f"{st:9s} {cfg.run_path()}")
+        print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        return 0
+    if args.executor in ("slurm", "debug"):
+        from .submit import submit_grid
+
+        res = submit_grid(grid, executor=args.executor, force=args.force, dedupe=not args.no_dedupe,
+                          log_dir=args.slurm_log_dir)
+        print(res)
+        return 1 if res.get("failed") else 0
+    summary = run_grid(grid, force=args.force, dedupe=not args.no_dedupe, jobs=args.jobs)
+    print(f"done {len(summary['done'])}, skipped {len(summary['skipped'])}, aliased {len(summary['aliased'])}, "
+          f"failed {len(summary['failed'])}")
+    if summary["failed"]:
+        print("failed runs (their executed notebooks keep the traceback):", file=sys.stderr)
+        for p in summary["failed"]:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Run configuration: one dataclass, protocol defaults, and up-front validation.
+
+Every grid entry and every notebook parameter passes through :func:`make_config`,
+so a typo fails with one line that names the bad value and the accepted ones,
+before any data is loaded or any training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .registry import choice_error
+
+PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Midtgaard (2025), Table A.2 / section 3.3: Adam 1e-3, StepLR x0.1 every 30 of 90 epochs, 224 px.
+    "thesis": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, epochs=90, milestone_fracs=(1 / 3, 2 / 3),
+                   lr_decay=0.1, warmup_frac=0.0, image_size=224, select="best_val", pretrained=True,
+                   track_test=False, drw_frac=2 / 3),
+    # Cao et al. (2019), appendix B: SGD 0.1, 5 warm-up epochs, x0.01 at 160 and 180 of 200, 32 px.
+    "cao2019": dict(optimizer="sgd", lr=0.1, weight_decay=2e-4, epochs=200, milestone_fracs=(0.8, 0.9),
+                    lr_decay=0.01, warmup_frac=0.025, image_size=32, select="last", pretrained=False,
+                    track_test=True, drw_frac=0.8),
+}
+OPTIMIZERS = ("adam", "sgd")
+SELECT = ("best_val", "last")
+DEVICES = ("auto", "cpu", "cuda")
+COMPILE = ("auto", "on", "off", "reduce-overhead")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names it and the accepted values."""
+
+
+@dataclass
+class RunConfig:
+    protocol: str = "thesis"
+    dataset: str = "cifar100"
+    model: str = "resnet50"
+    loss: str = "ce"
+    label: str | None = None  # name of the method in results/ (defaults to loss)
+    seed: int = 42
+    split_seed: int = 42
+    imb_factor: float = 100.0
+    imb_type: str = "exp"
+    test_imb_factor: float = 100.0
+    epochs: int | None = None
+    batch_size: int = 128
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    milestones: list[int] | None = None
+    lr_decay: float | None = None
+    warmup_epochs: int | None = None
+    image_size: int | None = None
+    pretrained: bool | None = None
+    sampler: str = "instance"
+    loss_params: dict = field(default_factory=dict)
+    model_params: dict = field(default_factory=dict)
+    source_params: dict = field(default_factory=dict)
+    select: str | None = None
+    track_test: bool | None = None
+    val_per_class: int = 20
+    stage1: str | None = None  # label of the stage-one run a stage-two method starts from
+    stage2_epochs: int = 10
+    device: str = "auto"
+    compile: str = "auto"
+    deterministic: bool = False
+    eval_batch_size: int = 1024
+    max_steps: int | None = None  # smoke runs: stop each epoch after this many steps
+    data_root: str | None = None
+    bootstrap: int = 1000
+
+    @property
+    def name(self) -> str:
+        return self.label or self.loss
+
+    def data_tag(self) -> str:
+        if self.imb_factor == 1:
+            return f"{self.dataset}_balanced"
+        return f"{self.dataset}_{self.imb_type}{self.imb_factor:g}"
+
+    def run_path(self) -> str:
+        """``<protocol>/<dataset tag>/<model>/<method>/seed<k>``: where the run's files live."""
+        return f"{self.protocol}/{self.data_tag()}/{self.model}/{self.name}/seed{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of what determines the trained weights (not device or paths)."""
+        d = self.to_dict()
+        for k in ("device", "data_root", "eval_batch_size", "bootstrap", "compile"):
+            d.pop(k, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _bad(name: str, value: Any, accepted: str) -> ConfigError:
+    return ConfigError(f"bad value for {name!r}: {value!r} (accepted: {accepted})")
+
+
+def _int(d: dict, name: str, lo: int, allow_none: bool = False) -> None:
+    v = d.get(name)
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise _bad(name, v, f"an integer >= {lo}" + (" or null" if allow_none else ""))
+
+
+def _num(d: dict, name: str, lo: float, hi: float = math.inf, allow_none: bool = False, lo_open: bool = False) -> None:
+    v = d.get(name)
+    if v is None and allow_none:
+        return
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    ok = ok and (v > lo if lo_open else v >= lo) and v <= hi
+    if not ok:
+        rng = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi != math.inf else "")
+        raise _bad(name, v, f"a finite number {rng}" + (" or null" if allow_none else ""))
+
+
+def _choice(d: dict, name: str, accepted: list[str] | tuple[str, ...], allow_none: bool = False) -> None:
+    v = d.get(name)
+    if v is None and allow_none:
+        return
+    if v not in accepted:
+        raise ConfigError(f"bad value for {name!r}: {v!r} (accepted: {', '.join(map(str, accepted))})")
+
+
+def make_config(params: dict[str, Any] | None = None, **overrides: Any) -> RunConfig:
+    """Validate ``params`` and fill protocol defaults; returns a complete RunConfig."""
+    from .data import IMBALANCE_TYPES, PROTOCOLS, SOURCES
+    from .loader import SAMPLERS
+    from .losses import LOSSES
+    from .methods import STAGE2
+    from .models import MODELS
+
+    d = {**(params or {}), **overrides}
+    unknown = sorted(set(d) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {', '.join(map(repr, unknown))} (accepted: {', '.join(FIELDS)})")
+    d = {**{k: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)  # type: ignore[misc]
+            for k, f in FIELDS.items()}, **d}
+    _choice(d, "protocol", PROTOCOLS.names())
+    _choice(d, "dataset", SOURCES.names())
+    _choice(d, "model", MODELS.names())
+    _choice(d, "loss", LOSSES.names() + STAGE2.names())
+    _choice(d, "imb_type", IMBALANCE_TYPES)
+    _choice(d, "sampler", SAMPLERS.names())
+    _choice(d, "optimizer", OPTIMIZERS, allow_none=True)
+    _choice(d, "select", SELECT, allow_none=True)
+    _choice(d, "device", DEVICES)
+    if d["compile"] is True or d["compile"] is False:
+        d["compile"] = "on" if d["compile"] else "off"
+    _choice(d, "compile", COMPILE)
+    for name in ("seed", "split_seed"):
+        _int(d, name, 0)
+    _num(d, "imb_factor", 1)
+    _num(d, "test_imb_factor", 1)
+    _int(d, "epochs", 1, allow_none=True)
+    _int(d, "batch_size", 1)
+    _num(d, "lr", 0, lo_open=True, allow_none=True)
+    _num(d, "momentum", 0, 1)
+    _num(d, "weight_decay", 0, allow_none=True)
+    _num(d, "lr_decay", 0, 1, lo_open=True, allow_none=True)
+    _int(d, "warmup_epochs", 0, allow_none=True)
+    _int(d, "image_size", 8, allow_none=True)
+    _int(d, "val_per_class", 0)
+    _int(d, "stage2_epochs", 1)
+    _int(d, "eval_batch_size", 1)
+    _int(d, "max_steps", 1, allow_none=True)
+    _int(d, "bootstrap", 0)
+    for name in ("loss_params", "model_params", "source_params"):
+        if not isinstance(d[name], dict):
+            raise _bad(name, d[name], "a mapping of parameter names to values")
+    for name in ("pretrained", "track_test"):
+        if d[name] is not None and not isinstance(d[name], bool):
+            raise _bad(name, d[name], "true, false or null")
+    if not isinstance(d["deterministic"], bool):
+        raise _bad("deterministic", d["deterministic"], "true or false")
+    if d["milestones"] is not None and (not isinstance(d["milestones"], list)
+                                        or not all(isinstance(m, int) and m >= 0 for m in d["milestones"])):
+        raise _bad("milestones", d["milestones"], "a list of epoch numbers (integers >= 0) or null")
+    if d["label"] is not None and (not isinstance(d["label"], str) or not d["label"].replace("_", "").isalnum()):
+        raise _bad("label", d["label"], "letters, digits and underscores")
+    if d["loss"] in STAGE2.names() and not d["stage1"]:
+        raise ConfigError(f"stage-two method {d['loss']!r} needs 'stage1': the label of the run it starts from")
+
+    defaults = PROTOCOL_DEFAULTS[d["protocol"]]
+    epochs = d["epochs"] if d["epochs"] is not None else defaults["epochs"]
+    d["epochs"] = epochs
+    for k in ("optimizer", "lr", "weight_decay", "lr_decay", "image_size", "select", "pretrained", "track_test"):
+        if d[k] is None:
+            d[k] = defaults[k]
+    if d["milestones"] is None:
+        d["milestones"] = sorted({int(round(f * epochs)) for f in defaults["milestone_fracs"]})
+    if d["warmup_epochs"] is None:
+        d["warmup_epochs"] = int(round(defaults["warmup_frac"] * epochs))
+    if LOSSES.info(d["loss"]).get("needs_epochs") if d["loss"] in LOSSES else False:
+        lp = dict(d["loss_params"])
+        lp.setdefault("drw_epoch", int(round(defaults["drw_frac"] * epochs)))
+        d["loss_params"] = lp
+    _check_loss_params(d["loss"], d["loss_params"])
+    return RunConfig(**d)
+
+
+def _check_loss_params(loss: str, params: dict) -> None:
+    import inspect
+
+    from .losses import LOSSES
+    from .methods import STAGE2
+
+    fn = LOSSES.get(loss) if loss in LOSSES else STAGE2.get(loss)
+    sig = inspect.signature(fn)
+    accepted = [p for p in sig.parameters if p not in ("counts", "_", "ctx", "ckpt_dir") and sig.parameters[p].kind.name != "VAR_KEYWORD"]
+    for k, v in params.items():
+        if k not in accepted:
+            raise ConfigError(f"bad loss parameter {k!r} for {loss!r} (accepted: {', '.join(accepted) or 'none'})")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise _bad(f"loss_params.{k}", v, "a finite number")

@@ -1,0 +1,483 @@
+"""Datasets, long-tailed splits and class groups.
+
+Two layers:
+
+* a *source* gives the raw, balanced pool of a dataset: uint8 train/test images
+  (N, H, W, 3) with labels and class names (``SOURCES`` registry: ``cifar100``,
+  ``cifar10``, ``synthetic``, ``folder``);
+* a *protocol* cuts that pool into the splits of a study (``PROTOCOLS``
+  registry: ``thesis``, ``cao2019``).
+
+Both CIFAR sources read either the npz pair of the offline copy (checked
+against its ``SHA256SUMS``) or torchvision's download. The splits only depend
+on the order of images *within* a class, which both sources share, so a split
+is identical whichever source provided the pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .io import sha256_file
+from .registry import Registry, choice_error
+
+SOURCES = Registry("dataset")
+PROTOCOLS = Registry("protocol")
+IMBALANCE_TYPES = ("exp", "step")
+
+# Published per-channel statistics of the CIFAR training sets (used for normalisation).
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+class DataError(RuntimeError):
+    """Missing, corrupt or unusable data; the message says where and what to do."""
+
+
+@dataclass
+class Split:
+    """Images as a uint8 (N, 3, H, W) tensor plus int64 labels, ready to move to a GPU."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def counts(self, num_classes: int) -> np.ndarray:
+        return np.bincount(self.labels.numpy(), minlength=num_classes)
+
+
+@dataclass
+class Pool:
+    """A raw balanced dataset: train/test images (N, H, W, 3) uint8 and labels."""
+
+    name: str
+    classes: list[str]
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    # For a packed subset of a pool (see ``pack_subset``): which images are present.
+    train_present: np.ndarray | None = None
+    test_present: np.ndarray | None = None
+    origin: str = ""
+
+
+@dataclass
+class LTDataset:
+    """Everything a run needs: splits, class names, training counts, class groups."""
+
+    name: str
+    protocol: str
+    classes: list[str]
+    train: Split
+    val: Split | None
+    tests: dict[str, Split]
+    train_counts: np.ndarray
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def groups(self) -> dict[str, np.ndarray]:
+        return class_groups(self.train_counts)
+
+    def sizes(self) -> dict[str, int]:
+        out = {"train": len(self.train)}
+        if self.val is not None:
+            out["val"] = len(self.val)
+        out.update({f"test_{k}": len(v) for k, v in self.tests.items()})
+        return out
+
+
+# --------------------------------------------------------------------------- counts and groups
+
+
+def lt_counts(n_max: int, num_classes: int, imb_factor: float, imb_type: str = "exp", min_count: int = 0) -> np.ndarray:
+    """Per-class counts of a long-tailed split.
+
+    ``exp`` (Cui et al. 2019; Cao et al. 2019): n_i = floor(n_max * IF^(-i/(K-1))).
+    ``step`` (Buda et al. 2018; Cao et al. 2019): the first half of the classes keep
+    n_max, the rest get floor(n_max / IF). ``min_count`` floors every class (the
+    thesis's LT test set keeps at least one image per class). IF = 1 is balanced.
+    """
+    if imb_type not in IMBALANCE_TYPES:
+        raise choice_error("imbalance type", imb_type, IMBALANCE_TYPES)
+    if not (isinstance(imb_factor, (int, float)) and math.isfinite(imb_factor) and imb_factor >= 1):
+        raise ValueError(f"imbalance factor must be a number >= 1, got {imb_factor!r}")
+    if num_classes < 2:
+        raise ValueError(f"need at least 2 classes, got {num_classes}")
+    i = np.arange(num_classes)
+    if imb_type == "exp":
+        counts = np.floor(n_max * np.power(float(imb_factor), -i / (num_classes - 1)) + 1e-9).astype(int)
+    else:
+        counts = np.where(i < num_classes // 2, n_max, int(n_max // imb_factor))
+    counts = np.maximum(counts, min_count)
+    if (counts < 1).any():
+        bad = int(np.argmax(counts < 1))
+        raise ValueError(
+            f"imbalance factor {imb_factor} with n_max {n_max} leaves class {bad} with zero images; "
+            f"use an imbalance factor <= {n_max}"
+        )
+    return counts
+
+
+def thirds(num_classes: int) -> dict[str, np.ndarray]:
+    """Head / middle / tail by class index: 0-32 / 33-65 / 66-99 for K = 100 (thesis 3.2.3)."""
+    a, b = num_classes // 3, (2 * num_classes) // 3
+    idx = np.arange(num_classes)
+    return {"head": idx < a, "middle": (idx >= a) & (idx < b), "tail": idx >= b}
+
+
+def shot_groups(train_counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Many (>100) / medium (20-100) / few (<20) training images (Liu et al. 2019, OLTR)."""
+    c = np.asarray(train_counts)
+    return {"many": c > 100, "medium": (c >= 20) & (c <= 100), "few": c < 20}
+
+
+def class_groups(train_counts: np.ndarray) -> dict[str, np.ndarray]:
+    return {**thirds(len(train_counts)), **shot_groups(train_counts)}
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def default_data_root() -> Path:
+    """``LTKIT_DATA`` if set, else the repository's ``data/`` folder (git-ignored)."""
+    return Path(os.environ.get("LTKIT_DATA", Path(__file__).resolve().parent.parent / "data"))
+
+
+def _verify_sums(folder: Path, names: list[str]) -> None:
+    sums_file = folder / "SHA256SUMS"
+    if not sums_file.exists():
+        raise DataError(f"{folder}: no SHA256SUMS beside the npz files; cannot check them")
+    expected = {}
+    for line in sums_file.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            expected[parts[1].lstrip("*")] = parts[0]
+    for name in names:
+        if name not in expected:
+            raise DataError(f"{folder / name}: not listed in {sums_file}")
+        got = sha256_file(folder / name)
+        if got != expected[name]:
+            raise DataError(
+                f"{folder / name}: SHA256 {got[:12]}... does not match {sums_file} "
+                f"({expected[name][:12]}...); the file is corrupt or truncated, copy it again"
+            )
+
+
+def _npz_candidates(root: Path, name: str) -> list[Path]:
+    return [root / name, root]
+
+
+def _load_npz_pool(folder: Path, name: str, mean, std) -> Pool:
+    _verify_sums(folder, ["train.npz", "test.npz"])
+    try:
+        tr = np.load(folder / "train.npz")
+        te = np.load(folder / "test.npz")
+        arrays = _decode({k: tr[k] for k in tr.files}), _decode({k: te[k] for k in te.files})
+    except Exception as exc:  # zipfile / zlib errors on a truncated archive
+        raise DataError(f"{folder}: cannot read train.npz/test.npz ({exc})") from exc
+    classes_file = folder / "classes.txt"
+    (trd, ted) = arrays
+    num_classes = int(max(trd["labels"].max(), ted["labels"].max())) + 1
+    classes = classes_file.read_text().split() if classes_file.exists() else [str(i) for i in range(num_classes)]
+    pool = Pool(name, classes, trd["images"], trd["labels"].astype(np.int64), ted["images"],
+                ted["labels"].astype(np.int64), mean, std, origin=str(folder))
+    if "index" in trd:  # a packed subset: scatter into the full index space
+        pool = _unpack(pool, trd, ted)
+    return pool
+
+
+def _encode(images: np.ndarray) -> dict[str, np.ndarray]:
+    """Lossless and ~30% smaller than zlib: xz over the horizontal pixel differences."""
+    import lzma
+
+    delta = np.diff(images.astype(np.int16), axis=2, prepend=0).astype(np.uint8)
+    return {"images_xz": np.frombuffer(lzma.compress(delta.tobytes(), preset=6), np.uint8),
+            "images_shape": np.asarray(images.shape)}
+
+
+def _decode(d: dict) -> dict:
+    if "images_xz" in d:
+        import lzma
+
+        delta = np.frombuffer(lzma.decompress(d.pop("images_xz").tobytes()), np.uint8)
+        delta = delta.reshape(tuple(d.pop("images_shape")))
+        d["images"] = np.cumsum(delta, axis=2, dtype=np.uint8)
+    return d
+
+
+def _unpack(pool: Pool, trd: dict, ted: dict) -> Pool:
+    def scatter(d: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = int(d["full_size"])
+        imgs = np.zeros((n, *d["images"].shape[1:]), np.uint8)
+        labels = np.asarray(d["full_labels"], np.int64)
+        present = np.zeros(n, bool)
+        imgs[d["index"]] = d["images"]
+        present[d["index"]] = True
+        return imgs, labels, present
+
+    pool.train_images, pool.train_labels, pool.train_present = scatter(trd)
+    pool.test_images, pool.test_labels, pool.test_present = scatter(ted)
+    return pool
+
+
+def _torchvision_pool(name: str, root: Path, download: bool, mean, std) -> Pool:
+    import torchvision
+
+    cls = {"cifar100": torchvision.datasets.CIFAR100, "cifar10": torchvision.datasets.CIFAR10}[name]
+    try:
+        tr = cls(str(root), train=True, download=download)
+        te = cls(str(root), train=False, download=download)
+    except Exception as exc:
+        raise DataError(
+            f"{name}: no data under {root.resolve()} (looked for {root / name}/train.npz+test.npz+SHA256SUMS "
+            f"and torchvision's files; download={'on' if download else 'off'}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}). Provide the files and point --data-root or "
+            f"LTKIT_DATA at them, or allow the download on a machine with internet"
+        ) from exc
+    return Pool(name, list(tr.classes), np.asarray(tr.data), np.asarray(tr.targets, np.int64),
+                np.asarray(te.data), np.asarray(te.targets, np.int64), mean, std, origin="torchvision")
+
+
+def _cifar(name: str, mean, std):
+    def load(root: str | Path | None = None, download: bool = True, **_: object) -> Pool:
+        root = Path(root) if root else default_data_root()
+        for folder in _npz_candidates(root, name):
+            if (folder / "train.npz").exists() and (folder / "test.npz").exists():
+                return _load_npz_pool(folder, name, mean, std)
+        if download and os.environ.get("LTKIT_OFFLINE") == "1":
+            download = False
+        return _torchvision_pool(name, root, download, mean, std)
+
+    return load
+
+
+SOURCES.register("cifar100", num_classes=100, train_per_class=500)(_cifar("cifar100", CIFAR100_MEAN, CIFAR100_STD))
+SOURCES.register("cifar10", num_classes=10, train_per_class=5000)(_cifar("cifar10", CIFAR10_MEAN, CIFAR10_STD))
+
+
+@SOURCES.register("synthetic")
+def synthetic_pool(num_classes: int = 10, train_per_class: int = 250, test_per_class: int = 50,
+                   image_size: int = 32, seed: int = 0, noise: float = 1.2, **_: object) -> Pool:
+    """A learnable, deterministic stand-in for CIFAR that needs no download.
+
+    Each class has a prototype: a mean colour, an oriented sinusoidal grating and a
+    bright blob at a class-specific place. An image is its class prototype,
+    shifted by up to 3 pixels, with a random contrast and Gaussian pixel noise.
+    A small CNN separates the classes well above chance in seconds, yet noise
+    and shifts keep it from being trivial, so the tail classes (few images)
+    visibly suffer, as on real long-tailed data.
+    """
+    rng = np.random.default_rng(10_007 + seed)
+    s = image_size
+    yy, xx = np.meshgrid(np.arange(s), np.arange(s), indexing="ij")
+    protos = []
+    for _c in range(num_classes):
+        colour = rng.uniform(0.2, 0.8, 3)
+        theta, freq = rng.uniform(0, np.pi), rng.uniform(1.5, 4.0)
+        grating = np.sin(2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) / s + rng.uniform(0, 2 * np.pi))
+        cy, cx = rng.uniform(0.2 * s, 0.8 * s, 2)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.12 * s) ** 2))
+        img = colour[None, None, :] + 0.25 * grating[..., None] * rng.choice([-1, 1], 3) + 0.4 * blob[..., None]
+        protos.append(img)
+    protos = np.stack(protos)  # K, s, s, 3
+
+    def draw(per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat(np.arange(num_classes), per_class)
+        shifts = rng.integers(-3, 4, size=(len(labels), 2))
+        imgs = np.empty((len(labels), s, s, 3), np.float32)
+        for j, (lab, (dy, dx)) in enumerate(zip(labels, shifts, strict=True)):
+            imgs[j] = np.roll(protos[lab], (dy, dx), axis=(0, 1))
+        contrast = rng.uniform(0.7, 1.3, (len(labels), 1, 1, 1))
+        imgs = 0.5 + contrast * (imgs - 0.5) + rng.normal(0, noise, imgs.shape)
+        return (np.clip(imgs, 0, 1) * 255).round().astype(np.uint8), labels
+
+    tr_x, tr_y = draw(train_per_class)
+    te_x, te_y = draw(test_per_class)
+    classes = [f"class_{c:02d}" for c in range(num_classes)]
+    mean = tuple(float(v) for v in tr_x.reshape(-1, 3).mean(0) / 255)
+    std = tuple(float(v) for v in tr_x.reshape(-1, 3).std(0) / 255)
+    return Pool("synthetic", classes, tr_x, tr_y, te_x, te_y, mean, std, origin=f"synthetic(seed={seed})")
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+def _per_class_indices(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
+    """Indices of each class in source order (CIFAR's official order within a class)."""
+    return [np.flatnonzero(labels == c) for c in range(num_classes)]
+
+
+def _take(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, present: np.ndarray | None, what: str) -> Split:
+    idx = np.sort(np.asarray(idx, dtype=np.int64))
+    if present is not None and not present[idx].all():
+        missing = int((~present[idx]).sum())
+        raise DataError(f"the packed data subset lacks {missing} images that the {what} split needs; "
+                        "pack it again for this protocol (ltkit data pack)")
+    x = torch.from_numpy(np.ascontiguousarray(images[idx])).permute(0, 3, 1, 2).contiguous()
+    return Split(x, torch.from_numpy(labels[idx].astype(np.int64)))
+
+
+def _check_counts(counts: np.ndarray, what: str) -> None:
+    if (counts < 1).any():
+        raise ValueError(f"{what}: class {int(np.argmin(counts))} would have zero images")
+
+
+@PROTOCOLS.register("thesis")
+def thesis_split(pool: Pool, imb_factor: float = 100, imb_type: str = "exp", seed: int = 42,
+                 test_imb_factor: float = 100, test_fraction: float = 0.1, **_: object) -> LTDataset:
+    """Midtgaard (2025), section 3.2.3.
+
+    Each class's training images are split, seeded and stratified, into
+    (1 - f) train / f test (450 / 50 for CIFAR-100); the official test set is the
+    validation set. The LT train set takes the first n_i = floor(450 * IF^(-i/(K-1)))
+    images of each class's train part, the LT test set the first
+    max(1, floor(50 * IF_test^(-i/(K-1)))) of its test part. IF = 1 trains on the
+    balanced 45,000.
+    """
+    k = len(pool.classes)
+    rng = np.random.default_rng(seed)
+    train_parts, test_parts = [], []
+    for idx in _per_class_indices(pool.train_labels, k):
+        perm = idx[rng.permutation(len(idx))]
+        n_test = int(round(len(idx) * test_fraction))
+        test_parts.append(perm[:n_test])
+        train_parts.append(perm[n_test:])
+    n_train, n_test = len(train_parts[0]), len(test_parts[0])
+    train_counts = lt_counts(n_train, k, imb_factor, imb_type)
+    lt_test_counts = lt_counts(n_test, k, test_imb_factor, "exp", min_count=1)
+    tr_idx = np.concatenate([p[:n] for p, n in zip(train_parts, train_counts, strict=True)])
+    bal_idx = np.concatenate(test_parts)
+    lt_idx = np.concatenate([p[:n] for p, n in zip(test_parts, lt_test_counts, strict=True)])
+    p_tr = pool.train_present
+    ds = LTDataset(
+        name=pool.name, protocol="thesis", classes=pool.classes,
+        train=_take(pool.train_images, pool.train_labels, tr_idx, p_tr, "train"),
+        val=_take(pool.test_images, pool.test_labels, np.arange(len(pool.test_labels)), pool.test_present, "val"),
+        tests={"balanced": _take(pool.train_images, pool.train_labels, bal_idx, p_tr, "balanced test"),
+               "lt": _take(pool.train_images, pool.train_labels, lt_idx, p_tr, "long-tailed test")},
+        train_counts=train_counts, mean=pool.mean, std=pool.std,
+        meta={"imb_factor": imb_factor, "imb_type": imb_type, "split_seed": seed, "test_imb_factor": test_imb_factor,
+              "origin": pool.origin},
+    )
+    return ds
+
+
+@PROTOCOLS.register("cao2019")
+def cao2019_split(pool: Pool, imb_factor: float = 100, imb_type: str = "exp", val_per_class: int = 20,
+                  **_: object) -> LTDataset:
+    """Cao et al. (2019), LDAM-DRW, the standard CIFAR-LT benchmark.
+
+    Train: the first n_i images of each class (n_max = all of a class, 500 for
+    CIFAR-100), n_i from :func:`lt_counts`. Test: the official balanced test set.
+    Validation (ours, not the paper's): up to ``val_per_class`` of each class's
+    *unused* training images, for choosing post-hoc hyper-parameters without
+    touching the test set; classes with no unused images (class 0) are absent.
+    """
+    k = len(pool.classes)
+    per_class = _per_class_indices(pool.train_labels, k)
+    n_max = min(len(p) for p in per_class)
+    train_counts = lt_counts(n_max, k, imb_factor, imb_type)
+    tr_idx = np.concatenate([p[:n] for p, n in zip(per_class, train_counts, strict=True)])
+    val_idx = np.concatenate([p[n:n + val_per_class] for p, n in zip(per_class, train_counts, strict=True)])
+    test_idx = np.arange(len(pool.test_labels))
+    return LTDataset(
+        name=pool.name, protocol="cao2019", classes=pool.classes,
+        train=_take(pool.train_images, pool.train_labels, tr_idx, pool.train_present, "train"),
+        val=_take(pool.train_images, pool.train_labels, val_idx, pool.train_present, "val") if len(val_idx) else None,
+        tests={"balanced": _take(pool.test_images, pool.test_labels, test_idx, pool.test_present, "test")},
+        train_counts=train_counts, mean=pool.mean, std=pool.std,
+        meta={"imb_factor": imb_factor, "imb_type": imb_type, "n_max": n_max, "origin": pool.origin},
+    )
+
+
+def load_pool(dataset: str, root: str | Path | None = None, download: bool = True, **kw: object) -> Pool:
+    return SOURCES.get(dataset)(root=root, download=download, **kw)
+
+
+def load_dataset(dataset: str, protocol: str, *, imb_factor: float = 100, imb_type: str = "exp",
+                 root: str | Path | None = None, download: bool = True, split_seed: int = 42,
+                 source_kwargs: dict | None = None, **protocol_kwargs: object) -> LTDataset:
+    """Load a source and cut it with a protocol: the one entry point for every run.
+
+    ``split_seed`` seeds the thesis protocol's train/test split (the thesis uses 42 for
+    every run); the synthetic source has its own ``source_kwargs['seed']``.
+    """
+    split_fn = PROTOCOLS.get(protocol)
+    SOURCES.get(dataset)
+    if imb_type not in IMBALANCE_TYPES:
+        raise choice_error("imbalance type", imb_type, IMBALANCE_TYPES)
+    pool = load_pool(dataset, root=root, download=download, **(source_kwargs or {}))
+    ds = split_fn(pool, imb_factor=imb_factor, imb_type=imb_type, seed=split_seed, **protocol_kwargs)
+    _check_counts(ds.train_counts, f"{protocol} train split")
+    return ds
+
+
+def pack_subset(src_root: str | Path, dataset: str, out_dir: str | Path, protocols: list[dict],
+                test: bool = True) -> dict:
+    """Write the images that the given protocol settings use as a smaller npz pair.
+
+    The lent GPU machine receives at most 64 MiB per call; this keeps only the
+    images a study touches (with their original indices, so every split comes
+    out identical) plus a ``SHA256SUMS`` of its own.
+    """
+    pool = load_pool(dataset, root=src_root, download=False)
+    need_tr = np.zeros(len(pool.train_labels), bool)
+    need_te = np.zeros(len(pool.test_labels), bool)
+    k = len(pool.classes)
+    for spec in protocols:
+        spec = dict(spec)
+        name = spec.pop("protocol")
+        if name == "cao2019":
+            per_class = _per_class_indices(pool.train_labels, k)
+            counts = lt_counts(min(map(len, per_class)), k, spec.get("imb_factor", 100), spec.get("imb_type", "exp"))
+            vpc = spec.get("val_per_class", 20)
+            for p, n in zip(per_class, counts, strict=True):
+                need_tr[p[: n + vpc]] = True
+            need_te[:] = test
+        elif name == "thesis":
+            rng = np.random.default_rng(spec.get("seed", 42))
+            counts = lt_counts(450, k, spec.get("imb_factor", 100), spec.get("imb_type", "exp"))
+            for idx, n in zip(_per_class_indices(pool.train_labels, k), counts, strict=True):
+                perm = idx[rng.permutation(len(idx))]
+                n_test = int(round(len(idx) * 0.1))
+                need_tr[perm[:n_test]] = True
+                need_tr[perm[n_test:n_test + n]] = True
+            need_te[:] = test
+        else:
+            raise choice_error("protocol", name, PROTOCOLS.names())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for fname, imgs, labels, need in (("train.npz", pool.train_images, pool.train_labels, need_tr),
+                                      ("test.npz", pool.test_images, pool.test_labels, need_te)):
+        idx = np.flatnonzero(need)
+        np.savez(out / fname, **_encode(imgs[idx]), labels=labels[idx].astype(np.uint8), index=idx,
+                            full_size=len(labels), full_labels=labels.astype(np.uint8))
+    (out / "classes.txt").write_text("\n".join(pool.classes) + "\n")
+    sums = "".join(f"{sha256_file(out / f)}  {f}\n" for f in ("train.npz", "test.npz", "classes.txt"))
+    (out / "SHA256SUMS").write_text(sums)
+    return {"train": int(need_tr.sum()), "test": int(need_te.sum())}
+
+
+def warn_skipped(paths: list[str]) -> None:
+    if paths:
+        warnings.warn(f"skipped {len(paths)} unreadable image(s): {', '.join(paths[:10])}"
+                      + (" ..." if len(paths) > 10 else ""), stacklevel=2)

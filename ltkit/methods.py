@@ -1,0 +1,198 @@
+"""Stage-two methods that start from a trained stage-one model (``STAGE2`` registry).
+
+* ``la_posthoc``: post-hoc logit adjustment, z_j - tau * log pi_j (Menon et al. 2021, Eq. 8);
+* ``tau_norm``: classifier weights w_j / ||w_j||^tau (Kang et al. 2020, Eq. 5);
+* ``crt``: classifier re-training on frozen features with class-balanced sampling (Kang et al. 2020);
+* ``lws``: learnable weight scaling, logits_j = f_j * (w_j . x + b_j), only f trained (Kang et al. 2020).
+
+tau (for ``la_posthoc`` and ``tau_norm``) is chosen on the validation split by
+balanced accuracy; the test split is only read for the final evaluation.
+A stage-two run names its stage-one run with ``stage1`` (a label in the same
+grid, same seed) and reads that run's ``final.pt`` checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import Registry
+
+STAGE2 = Registry("stage-two method")
+TAU_GRID = tuple(np.round(np.arange(0.0, 2.01, 0.1), 2))
+
+
+def stage1_dir(ckpt_dir: Path | None, cfg) -> Path:
+    if ckpt_dir is None:
+        raise RuntimeError(f"{cfg.loss} needs the stage-one checkpoint of {cfg.stage1!r}; run it with a checkpoint dir")
+    return ckpt_dir.parent.parent / cfg.stage1 / ckpt_dir.name
+
+
+def load_stage1(ctx, ckpt_dir: Path | None) -> nn.Module:
+    from .config import make_config
+    from .train import build_model
+
+    path = stage1_dir(ckpt_dir, ctx.cfg) / "final.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{ctx.cfg.loss}: stage-one checkpoint {path} is missing; run {ctx.cfg.stage1!r} first")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if ck["model_name"] != ctx.cfg.model:
+        raise RuntimeError(f"{path}: stage-one model is {ck['model_name']!r}, this run wants {ctx.cfg.model!r}")
+    model = build_model(make_config(ck["config"]), ctx.ds.num_classes)
+    model.load_state_dict(ck["model"])
+    return model.to(ctx.device).eval()
+
+
+def _log_prior(ctx) -> torch.Tensor:
+    c = torch.as_tensor(ctx.ds.train_counts, dtype=torch.float32, device=ctx.device)
+    return torch.log(c / c.sum())
+
+
+def _pick_tau(ctx, score) -> tuple[float, pd.DataFrame]:
+    from .train import _balanced_accuracy
+
+    if ctx.val is None:
+        raise RuntimeError("choosing tau needs a validation split; this protocol has none")
+    rows = [{"tau": float(t), "val_balanced_acc": _balanced_accuracy(score(float(t)), ctx.val.labels,
+                                                                     ctx.ds.num_classes)} for t in TAU_GRID]
+    table = pd.DataFrame(rows)
+    best = float(table.loc[table["val_balanced_acc"].idxmax(), "tau"])
+    return best, table
+
+
+def posthoc_adjust(logits: torch.Tensor, log_prior: torch.Tensor, tau: float) -> torch.Tensor:
+    """z - tau * log pi; tau = 0 leaves the logits unchanged."""
+    return logits - tau * log_prior
+
+
+def tau_normalise(weight: torch.Tensor, tau: float) -> torch.Tensor:
+    """w_j / ||w_j||^tau over the rows of an (out, in) weight; tau = 0 is the identity."""
+    return weight / weight.norm(dim=1, keepdim=True).clamp_min(1e-12).pow(tau)
+
+
+def _history(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    h = pd.DataFrame(rows)
+    h.attrs["selected_epoch"] = len(h) - 1
+    return h
+
+
+@STAGE2.register("la_posthoc")
+def la_posthoc(ctx, ckpt_dir: Path | None, tau: float | None = None):
+    model = load_stage1(ctx, ckpt_dir)
+    lp = _log_prior(ctx)
+    table = None
+    if tau is None:
+        vlog = ctx.predict(model, ctx.val)
+        tau, table = _pick_tau(ctx, lambda t: posthoc_adjust(vlog, lp, t))
+    return model, _history([]), {"tau": tau, "tau_search": table, "logit_fn": lambda z: posthoc_adjust(z, lp, tau)}
+
+
+def _linear_weight(model: nn.Module, name: str) -> nn.Module:
+    from .models import get_classifier
+
+    clf = get_classifier(model, name)
+    if not isinstance(clf, nn.Linear):
+        raise RuntimeError(f"{name}: classifier is {type(clf).__name__}; tau-norm/LWS need a plain linear layer "
+                           "(train stage one with a loss that does not use the cosine classifier)")
+    return clf
+
+
+@STAGE2.register("tau_norm")
+def tau_norm(ctx, ckpt_dir: Path | None, tau: float | None = None):
+    model = load_stage1(ctx, ckpt_dir)
+    clf = _linear_weight(model, ctx.cfg.model)
+    w0, b0 = clf.weight.detach().clone(), None if clf.bias is None else clf.bias.detach().clone()
+    feats_val = None
+    table = None
+    if tau is None:
+        from .train import features_and_logits
+
+        feats_val, _ = features_and_logits(ctx, model, ctx.val)
+        tau, table = _pick_tau(ctx, lambda t: feats_val @ tau_normalise(w0, t).T)
+    with torch.no_grad():
+        clf.weight.copy_(tau_normalise(w0, tau))
+        if b0 is not None:
+            clf.bias.zero_()  # Kang et al. drop the bias with tau-normalisation
+    return model, _history([]), {"tau": tau, "tau_search": table}
+
+
+def _train_head(ctx, feats: torch.Tensor, labels: torch.Tensor, head: nn.Module, params, epochs: int,
+                lr: float) -> pd.DataFrame:
+    from .loader import epoch_indices
+
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    labels_np = labels.cpu().numpy()
+    rows = []
+    for epoch in range(epochs):
+        order = epoch_indices("class_balanced", labels_np, ctx.ds.train_counts, epoch, epochs, ctx.cfg.seed + 1)
+        total = 0.0
+        for start in range(0, len(order), ctx.cfg.batch_size):
+            idx = torch.from_numpy(order[start:start + ctx.cfg.batch_size]).to(feats.device)
+            loss = F.cross_entropy(head(feats[idx]), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        sched.step()
+        rows.append({"epoch": epoch, "lr": sched.get_last_lr()[0], "train_loss": total / len(order)})
+    return _history(rows)
+
+
+class _Head(nn.Module):
+    """Frozen-feature head: applies the model's (new or scaled) classifier to cached features."""
+
+    def __init__(self, clf: nn.Module, scale: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.clf, self.scale = clf, scale
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        z = self.clf(f)
+        return z * self.scale if self.scale is not None else z
+
+
+@STAGE2.register("crt")
+def crt(ctx, ckpt_dir: Path | None, lr: float = 0.1):
+    """Classifier re-training: a fresh classifier on frozen stage-one features, class-balanced sampling."""
+    from .models import get_classifier, set_classifier
+    from .train import features_and_logits
+
+    model = load_stage1(ctx, ckpt_dir)
+    feats, _ = features_and_logits(ctx, model, ctx.train)
+    old = get_classifier(model, ctx.cfg.model)
+    new = type(old)(old.in_features, old.out_features).to(ctx.device)  # Linear or NormedLinear, fresh
+    hist = _train_head(ctx, feats, ctx.train.labels, new, new.parameters(), ctx.cfg.stage2_epochs, lr)
+    set_classifier(model, ctx.cfg.model, new)
+    return model.eval(), hist, {}
+
+
+class _Scaled(nn.Module):
+    def __init__(self, clf: nn.Module, scale: nn.Parameter) -> None:
+        super().__init__()
+        self.clf, self.scale = clf, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.clf(x) * self.scale
+
+
+@STAGE2.register("lws")
+def lws(ctx, ckpt_dir: Path | None, lr: float = 0.1):
+    """Learnable weight scaling: one scale f_j per class on the frozen classifier."""
+    from .models import get_classifier, set_classifier
+    from .train import features_and_logits
+
+    model = load_stage1(ctx, ckpt_dir)
+    feats, _ = features_and_logits(ctx, model, ctx.train)
+    clf = get_classifier(model, ctx.cfg.model)
+    for p in clf.parameters():
+        p.requires_grad_(False)
+    scale = nn.Parameter(torch.ones(ctx.ds.num_classes, device=ctx.device))
+    hist = _train_head(ctx, feats, ctx.train.labels, _Head(clf, scale), [scale], ctx.cfg.stage2_epochs, lr)
+    set_classifier(model, ctx.cfg.model, _Scaled(clf, scale))
+    return model.eval(), hist, {"scales": scale.detach().cpu().numpy().round(4).tolist()}

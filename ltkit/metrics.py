@@ -1,0 +1,82 @@
+"""Top-1, per-class and per-group accuracy, macro-F1, relative accuracy, bootstrap intervals.
+
+Group accuracies are pooled over the images of the group's classes, as the
+thesis reports them (e.g. 38 tail images on its long-tailed test set); on a
+balanced test set this equals the mean of the per-class accuracies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .stats import bootstrap_accuracy_ci
+
+
+def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    total = np.bincount(labels, minlength=num_classes)
+    correct = np.bincount(labels[pred == labels], minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, correct / np.maximum(total, 1), np.nan)
+
+
+def macro_f1(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    tp = np.bincount(labels[pred == labels], minlength=num_classes).astype(float)
+    fp = np.bincount(pred, minlength=num_classes) - tp
+    fn = np.bincount(labels, minlength=num_classes) - tp
+    denom = 2 * tp + fp + fn
+    present = np.bincount(labels, minlength=num_classes) > 0
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return float(f1[present].mean())
+
+
+def split_metrics(pred: np.ndarray, labels: np.ndarray, groups: dict[str, np.ndarray], prefix: str,
+                  bootstrap: int = 1000, seed: int = 0) -> dict[str, float]:
+    """All metrics of one split as a flat dict ``{prefix}.{metric}``."""
+    k = len(next(iter(groups.values())))
+    correct = pred == labels
+    out = {f"{prefix}.top1": float(correct.mean()), f"{prefix}.n": int(len(labels)),
+           f"{prefix}.macro_f1": macro_f1(pred, labels, k)}
+    if bootstrap:
+        lo, hi = bootstrap_accuracy_ci(correct, labels, n_boot=bootstrap, seed=seed)
+        out[f"{prefix}.top1_ci_low"], out[f"{prefix}.top1_ci_high"] = lo, hi
+    for g, mask in groups.items():
+        sel = mask[labels]
+        out[f"{prefix}.{g}"] = float(correct[sel].mean()) if sel.any() else float("nan")
+        out[f"{prefix}.{g}_n"] = int(sel.sum())
+        if bootstrap and sel.any():
+            lo, hi = bootstrap_accuracy_ci(correct[sel], labels[sel], n_boot=bootstrap, seed=seed)
+            out[f"{prefix}.{g}_ci_low"], out[f"{prefix}.{g}_ci_high"] = lo, hi
+    return out
+
+
+def evaluate_predictions(preds: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                         groups: dict[str, np.ndarray], train_counts: np.ndarray, classes: list[str],
+                         bootstrap: int = 1000) -> tuple[dict[str, float], pd.DataFrame]:
+    """Metrics of every split plus a per-class table (one row per class)."""
+    metrics: dict[str, float] = {}
+    k = len(classes)
+    table = pd.DataFrame({"class": np.arange(k), "name": classes, "train_count": train_counts})
+    for g, mask in groups.items():
+        table[f"group_{g}"] = mask
+    for split, pred in preds.items():
+        metrics.update(split_metrics(pred, labels[split], groups, split, bootstrap=bootstrap))
+        table[f"{split}_acc"] = per_class_accuracy(pred, labels[split], k)
+        table[f"{split}_n"] = np.bincount(labels[split], minlength=k)
+    return metrics, table
+
+
+def relative_accuracy(acc: float, balanced_acc: float) -> float:
+    """Zhang et al. (2023, survey) relative accuracy: the LT model's accuracy divided
+    by that of the same model trained on the balanced set."""
+    return float(acc / balanced_acc) if balanced_acc > 0 else float("nan")
+
+
+def confusion_pairs(pred: np.ndarray, labels: np.ndarray, classes: list[str], among: np.ndarray,
+                    top: int = 10) -> pd.DataFrame:
+    """The most frequent (true, predicted) mistakes for true classes in ``among``."""
+    wrong = (pred != labels) & among[labels]
+    if not wrong.any():
+        return pd.DataFrame(columns=["true", "predicted", "count"])
+    pairs = pd.DataFrame({"true": np.asarray(classes)[labels[wrong]], "predicted": np.asarray(classes)[pred[wrong]]})
+    return pairs.value_counts().rename("count").reset_index().head(top)

@@ -1,0 +1,257 @@
+"""Report helpers: read ``results/`` into tables and draw the figures of the notebook and the book.
+
+Every number the book shows goes through :func:`collect`, which reads the
+run folders (following CE aliases) and never anything typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .io import read_json
+from .results import load_metrics
+from .stats import paired_difference, t_interval
+
+THESIS_LOSS_ORDER = ["ce", "focal", "wce", "cb", "bs", "seql", "ldam"]
+CATEGORIES = {"balanced.top1": "Balanced", "lt.top1": "Long-tailed", "lt.head": "Head", "lt.middle": "Middle",
+              "lt.tail": "Tail"}
+SHOT = {"balanced.top1": "All", "balanced.many": "Many", "balanced.medium": "Medium", "balanced.few": "Few"}
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- collecting runs
+
+
+def _run_dirs(root: Path):
+    for p in sorted(root.rglob("seed*")):
+        if p.is_dir() and ((p / "metrics.json").exists() or (p / "alias.json").exists()
+                           or (p / "provenance.json").exists()):
+            yield p
+
+
+def collect(root: str | Path) -> pd.DataFrame:
+    """One row per run under ``root``: identity columns, status, every metric, provenance figures.
+
+    An alias row carries its CE run's metrics and ``identical_to_ce = True``.
+    """
+    root = Path(root)
+    rows: list[dict[str, Any]] = []
+    if not root.exists():
+        return pd.DataFrame()
+    for d in _run_dirs(root):
+        rel = d.relative_to(root).parts
+        if len(rel) < 5:
+            continue
+        protocol, data_tag, model, method, seed = rel[-5:]
+        row: dict[str, Any] = {"protocol": protocol, "data": data_tag, "model": model, "method": method,
+                               "seed": int(seed.removeprefix("seed")), "path": str(d), "identical_to_ce": False}
+        metrics = load_metrics(d)
+        if metrics is None and (d / "alias.json").exists():
+            target = root / read_json(d / "alias.json")["alias_of"]
+            metrics = load_metrics(target)
+            row["identical_to_ce"] = True
+            row["status"] = "alias" if metrics is not None else "alias-missing"
+        elif metrics is not None:
+            row["status"] = "done"
+        else:
+            prov = _safe_json(d / "provenance.json")
+            row["status"] = prov.get("status", "missing") if prov else "missing"
+            row["error"] = prov.get("error") if prov else None
+        if metrics:
+            row.update(metrics)
+            prov = _safe_json((root / read_json(d / "alias.json")["alias_of"] if row["identical_to_ce"] else d)
+                              / "provenance.json")
+            if prov:
+                row["wall_seconds"] = prov.get("wall_seconds")
+                row["device_name"] = prov.get("device_name")
+                row["git_commit"] = (prov.get("git") or {}).get("commit")
+                row["end"] = prov.get("end")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _safe_json(path: Path) -> dict | None:
+    try:
+        return read_json(path)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def finished(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"].isin(["done", "alias"])] if len(df) else df
+
+
+def failed(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "failed"][["protocol", "data", "model", "method", "seed", "error"]] if len(df) else df
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def mean_std_table(df: pd.DataFrame, index: list[str], metrics: dict[str, str], scale: float = 100.0,
+                   digits: int = 2) -> pd.DataFrame:
+    """'mean ± std (n)' strings per group over seeds; std is omitted for a single seed."""
+    out = {}
+    for key, name in metrics.items():
+        if key not in df:
+            continue
+        g = df.groupby(index)[key]
+        m, s, n = g.mean() * scale, g.std(ddof=1) * scale, g.count()
+        out[name] = [f"{a:.{digits}f}" + (f" ± {b:.{digits}f}" if c > 1 and np.isfinite(b) else "")
+                     for a, b, c in zip(m, s, n, strict=True)]
+        idx = m.index
+    table = pd.DataFrame(out, index=idx)
+    table["seeds"] = df.groupby(index).size().loc[table.index].values
+    return table
+
+
+def seed_summary(df: pd.DataFrame, index: list[str], key: str, scale: float = 100.0) -> pd.DataFrame:
+    """Mean, std, n and the 95% t-interval over seeds, per group."""
+    rows = []
+    for name, g in df.groupby(index):
+        vals = g[key].dropna().to_numpy() * scale
+        if not len(vals):
+            continue
+        m, lo, hi = t_interval(vals)
+        rows.append({**dict(zip(index, name if isinstance(name, tuple) else (name,), strict=True)), "mean": m,
+                     "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else np.nan, "n": len(vals),
+                     "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows)
+
+
+def compare_to_baseline(df: pd.DataFrame, key: str, by: list[str], baseline: str = "ce",
+                        scale: float = 100.0) -> pd.DataFrame:
+    """Each method minus the baseline, paired across seeds, with its 95% t-interval.
+
+    With a single seed, falls back to a paired bootstrap over the test images
+    from the runs' saved predictions.
+    """
+    from .stats import bootstrap_difference
+
+    rows = []
+    for grp, g in df.groupby(by):
+        base = g[g["method"] == baseline].set_index("seed")
+        for method, gm in g.groupby("method"):
+            if method == baseline or base.empty:
+                continue
+            gm = gm.set_index("seed")
+            seeds = sorted(set(base.index) & set(gm.index))
+            if len(seeds) >= 2:
+                r = paired_difference(gm.loc[seeds, key].to_numpy() * scale, base.loc[seeds, key].to_numpy() * scale)
+                r["how"] = f"paired t over {len(seeds)} seeds"
+            elif len(seeds) == 1:
+                split = key.split(".")[0]
+                pa, pb = _predictions(gm.loc[seeds[0], "path"], split), _predictions(base.loc[seeds[0], "path"], split)
+                if pa is None or pb is None:
+                    continue
+                mask = _group_mask(gm.loc[seeds[0], "path"], key, pa[1])
+                r = bootstrap_difference((pa[0] == pa[1])[mask], (pb[0] == pb[1])[mask], pa[1][mask])
+                r = {k: (v * scale if k in ("diff", "low", "high") else v) for k, v in r.items()}
+                r["how"] = "paired bootstrap over test images (1 seed)"
+            else:
+                continue
+            rows.append({**dict(zip(by, grp if isinstance(grp, tuple) else (grp,), strict=True)), "method": method, **r})
+    return pd.DataFrame(rows)
+
+
+def _predictions(path: str, split: str):
+    p = Path(path)
+    alias = p / "alias.json"
+    if alias.exists() and not (p / "predictions.npz").exists():
+        p = p.parents[4] / read_json(alias)["alias_of"]
+    f = p / "predictions.npz"
+    if not f.exists():
+        return None
+    z = np.load(f)
+    if f"pred_{split}" not in z:
+        return None
+    return z[f"pred_{split}"].astype(int), z[f"label_{split}"].astype(int)
+
+
+def _group_mask(path: str, key: str, labels: np.ndarray) -> np.ndarray:
+    group = key.split(".", 1)[1]
+    if group == "top1":
+        return np.ones(len(labels), bool)
+    p = Path(path)
+    if (p / "alias.json").exists() and not (p / "per_class.csv").exists():
+        p = p.parents[4] / read_json(p / "alias.json")["alias_of"]
+    pc = pd.read_csv(p / "per_class.csv")
+    return pc[f"group_{group}"].to_numpy()[labels]
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def plot_class_distribution(counts_by_split: dict[str, np.ndarray], ax=None, log: bool = True):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3))
+    for name, c in counts_by_split.items():
+        ax.bar(np.arange(len(c)), c, width=1.0, alpha=0.6, label=f"{name} ({int(np.sum(c)):,} images)")
+    ax.set_xlabel("class index (sorted by training frequency)")
+    ax.set_ylabel("images per class")
+    if log:
+        ax.set_yscale("log")
+    ax.legend(frameon=False)
+    return ax
+
+
+def plot_history(history: pd.DataFrame, axes=None):
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 3))
+    if "train_loss" in history:
+        axes[0].plot(history["epoch"], history["train_loss"], label="train loss")
+    axes[0].set_xlabel("epoch")
+    axes[0].legend(frameon=False)
+    for col, lab in (("train_acc", "train"), ("val_top1", "validation"), ("test_top1", "test (reference only)")):
+        if col in history:
+            axes[1].plot(history["epoch"], history[col], label=lab)
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("top-1")
+    axes[1].legend(frameon=False)
+    return axes
+
+
+def plot_per_class(per_class: pd.DataFrame, split: str = "balanced", ax=None):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3))
+    ax.bar(per_class["class"], per_class[f"{split}_acc"], width=1.0, color="tab:blue", alpha=0.7)
+    ax2 = ax.twinx()
+    ax2.plot(per_class["class"], per_class["train_count"], color="tab:red", lw=1.5)
+    ax2.set_ylabel("training images", color="tab:red")
+    ax.set_xlabel("class index")
+    ax.set_ylabel(f"accuracy ({split} test)")
+    return ax
+
+
+def grouped_bars(table: pd.DataFrame, err: pd.DataFrame | None = None, ax=None, ylabel: str = "top-1 (%)"):
+    """Bars of ``table`` (rows = series, columns = categories), optional error bars of the same shape."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 3.2))
+    n = len(table.index)
+    width = 0.8 / max(n, 1)
+    x = np.arange(len(table.columns))
+    for i, (name, row) in enumerate(table.iterrows()):
+        yerr = None if err is None else err.loc[name].to_numpy()
+        ax.bar(x + i * width - 0.4 + width / 2, row.to_numpy(), width, yerr=yerr, capsize=2, label=str(name))
+    ax.set_xticks(x, table.columns)
+    ax.set_ylabel(ylabel)
+    ax.legend(frameon=False, ncol=min(n, 7), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    return ax
+
+
+def published(name: str) -> pd.DataFrame:
+    """A published reference table shipped in ``book/data/`` (copied from ../shared/reference with its source)."""
+    return pd.read_csv(REPO / "book" / "data" / name)

@@ -1,0 +1,165 @@
+"""The ``results/`` layout: writing a run's files, provenance, validation and status.
+
+A run directory ``results/<protocol>/<dataset tag>/<model>/<method>/seed<k>/`` holds
+
+* ``train.ipynb``: the executed notebook (kept on failure, with its traceback);
+* ``metrics.json``: the flat metrics dict (the run counts as finished only when
+  this exists and passes :func:`validate_metrics`);
+* ``per_class.csv``, ``history.csv``, ``predictions.npz``;
+* ``provenance.json``: parameters, command, git commit, versions, device,
+  start / end time, wall seconds, status;
+* or ``alias.json`` instead: the run is identical to CE by construction and
+  points at the CE run that stands for it.
+
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import atomic_write_bytes, atomic_write_csv, atomic_write_json, read_json
+
+REQUIRED_METRICS = {"balanced.top1": float, "selected_epoch": int, "epochs": int}
+
+
+class InvalidMetrics(ValueError):
+    pass
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def validate_metrics(d: Any) -> dict:
+    """A small schema: a flat dict of finite-or-NaN numbers with the required keys, accuracies in [0, 1]."""
+    if not isinstance(d, dict):
+        raise InvalidMetrics(f"metrics must be a JSON object, got {type(d).__name__}")
+    for key, typ in REQUIRED_METRICS.items():
+        if key not in d:
+            raise InvalidMetrics(f"metrics lack {key!r}")
+        if typ is int and (isinstance(d[key], bool) or not isinstance(d[key], int)):
+            raise InvalidMetrics(f"metrics {key!r} must be an integer, got {d[key]!r}")
+    for key, v in d.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise InvalidMetrics(f"metrics {key!r} must be a number, got {v!r}")
+        if key.endswith(("top1", ".head", ".middle", ".tail", ".many", ".medium", ".few")) and np.isfinite(v) \
+                and not 0 <= v <= 1:
+            raise InvalidMetrics(f"metrics {key!r} = {v} is not an accuracy in [0, 1]")
+    return d
+
+
+def load_metrics(run_dir: str | Path) -> dict | None:
+    """The run's metrics if it finished and they validate, else None."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        return validate_metrics(read_json(path))
+    except (json.JSONDecodeError, InvalidMetrics, OSError):
+        return None
+
+
+def git_commit(cwd: str | Path | None = None) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", "ltkit"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": os.environ.get("LTKIT_GIT_COMMIT"), "dirty": None}
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    from . import __version__
+
+    cuda = torch.cuda.is_available()
+    commit = git_commit(Path(__file__).resolve().parent.parent)
+    if not commit.get("commit") and os.environ.get("LTKIT_GIT_COMMIT"):
+        commit = {"commit": os.environ["LTKIT_GIT_COMMIT"], "dirty": None}
+    return {
+        "ltkit_version": __version__, "git": commit, "python": sys.version.split()[0], "torch": torch.__version__,
+        "cuda": torch.version.cuda if cuda else None, "device_name": torch.cuda.get_device_name(0) if cuda else
+        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "hostname": socket.gethostname(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "slurm_log": os.environ.get("LTKIT_SLURM_LOG"),
+    }
+
+
+def provenance(cfg, start: str, wall: float, status: str = "finished", error: str | None = None) -> dict[str, Any]:
+    return {"parameters": cfg.to_dict(), "run_path": cfg.run_path(), "fingerprint": cfg.fingerprint(),
+            "command": os.environ.get("LTKIT_COMMAND") or " ".join(sys.argv), "start": start, "end": now(),
+            "wall_seconds": round(wall, 2), "status": status, "error": error,
+            "deterministic": cfg.deterministic, **environment()}
+
+
+def write_run(out_dir: str | Path, result, start: str, wall: float) -> Path:
+    """Write every file of a finished run; metrics.json goes last, so its presence means 'done'."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(out / "per_class.csv", result.per_class)
+    atomic_write_csv(out / "history.csv", result.history)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{f"pred_{k}": v.astype(np.int16) for k, v in result.predictions.items()},
+                        **{f"label_{k}": v.astype(np.int16) for k, v in result.labels.items()})
+    atomic_write_bytes(out / "predictions.npz", buf.getvalue())
+    extra = {k: (v.to_dict(orient="list") if hasattr(v, "to_dict") else v) for k, v in result.extra.items()}
+    prov = provenance(result.config, start, wall)
+    prov["dataset"] = result.dataset | {"classes": None}
+    prov["method_extra"] = extra
+    atomic_write_json(out / "provenance.json", prov)
+    atomic_write_json(out / "metrics.json", validate_metrics(result.metrics))
+    return out
+
+
+def record_failure(out_dir: str | Path, cfg, start: str, wall: float, error: str) -> None:
+    """Keep what a failed run says about itself; metrics.json is never written for it."""
+    atomic_write_json(Path(out_dir) / "provenance.json", provenance(cfg, start, wall, status="failed", error=error))
+
+
+def write_alias(out_dir: str | Path, cfg, target_path: str, reason: str) -> None:
+    atomic_write_json(Path(out_dir) / "alias.json", {"alias_of": target_path, "reason": reason,
+                                                     "parameters": cfg.to_dict(), "written": now()})
+
+
+def run_status(run_dir: str | Path) -> str:
+    """done / alias / failed / missing (a lock or checkpoint is checked by the grid)."""
+    run_dir = Path(run_dir)
+    if load_metrics(run_dir) is not None:
+        return "done"
+    if (run_dir / "alias.json").exists():
+        return "alias"
+    prov = run_dir / "provenance.json"
+    if prov.exists():
+        try:
+            if read_json(prov).get("status") == "failed":
+                return "failed"
+        except (json.JSONDecodeError, OSError):
+            pass
+    return "missing"
+
+
+def notebook_error(nb_path: str | Path) -> str | None:
+    """The error a papermill-executed notebook recorded, if any (ename: evalue)."""
+    try:
+        nb = json.loads(Path(nb_path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return f"{out.get('ename')}: {out.get('evalue')}"
+    return None

@@ -1,0 +1,147 @@
+"""Running a grid on a Slurm cluster through submitit.
+
+Each missing run becomes one submitit job that executes the same papermill
+notebook into the same ``results/`` layout (a shared filesystem is assumed).
+A preempted or timed-out job is requeued by submitit's checkpointing hook
+(:meth:`RunJob.checkpoint`) and resumes from the run's last epoch checkpoint.
+The ``local`` and ``debug`` submitit executors run the same code without a
+cluster, which is how the tests exercise it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError
+from .grid import REPO, Grid, execute_run, grid_from_spec, plan, write_alias
+from .io import atomic_write_json
+
+SLURM_KEYS = {"partition": "slurm_partition", "gpus_per_node": "gpus_per_node", "timeout_min": "timeout_min",
+              "mem_gb": "mem_gb", "cpus_per_task": "cpus_per_task", "array_parallelism": "slurm_array_parallelism",
+              "account": "slurm_account", "qos": "slurm_qos", "constraint": "slurm_constraint"}
+SLURM_DEFAULTS = {"gpus_per_node": 1, "timeout_min": 240, "mem_gb": 32, "cpus_per_task": 8, "array_parallelism": 16}
+
+
+class RunJob:
+    """A picklable job: execute one run of a grid; requeue itself on preemption."""
+
+    def __init__(self, spec: dict, results: str, run_path: str) -> None:
+        self.spec, self.results, self.run_path = spec, results, run_path
+
+    def _grid_and_cfg(self):
+        grid = grid_from_spec(self.spec, results=self.results)
+        cfg = next(r for r in grid.runs if r.run_path() == self.run_path)
+        return grid, cfg
+
+    def __call__(self) -> str:
+        import os
+
+        grid, cfg = self._grid_and_cfg()
+        env = {}
+        try:
+            import submitit
+
+            job_env = submitit.JobEnvironment()
+            env["LTKIT_SLURM_LOG"] = str(Path(job_env.paths.stdout)).replace("%j", str(job_env.job_id))
+        except RuntimeError:  # not inside a submitit job (plain call)
+            pass
+        env.setdefault("LTKIT_SLURM_LOG", os.environ.get("LTKIT_SLURM_LOG", ""))
+        return execute_run(grid, cfg, env)
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """submitit calls this on preemption/timeout: requeue; the run resumes from its last epoch."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(RunJob(self.spec, self.results, self.run_path))
+
+
+def slurm_parameters(grid: Grid) -> dict[str, Any]:
+    """submitit ``update_parameters`` arguments from the grid's ``slurm:`` section."""
+    conf = {**SLURM_DEFAULTS, **grid.slurm}
+    unknown = sorted(set(conf) - set(SLURM_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown slurm option(s) {', '.join(map(repr, unknown))} (accepted: {', '.join(SLURM_KEYS)})")
+    return {SLURM_KEYS[k]: v for k, v in conf.items()}
+
+
+def jobs_file(grid: Grid) -> Path:
+    return REPO / "checkpoints" / grid.name / "submitit_jobs.json"
+
+
+def submit_grid(grid: Grid, executor: str = "slurm", force: bool = False, dedupe: bool = True,
+                log_dir: str | Path | None = None, wait: bool | None = None) -> dict[str, Any]:
+    """Submit every missing run (stage-one runs first, then stage-two once those finished)."""
+    import submitit
+
+    if grid.path is None:
+        raise ValueError("submit_grid needs a grid loaded from a file")
+    import yaml
+
+    spec = yaml.safe_load(grid.path.read_text())
+    folder = Path(log_dir or REPO / "checkpoints" / grid.name / "submitit" / "%j")
+    cluster = {"slurm": "slurm", "debug": "debug", "local": "local"}[executor]
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    params = slurm_parameters(grid)
+    if cluster == "slurm":
+        ex.update_parameters(**params, name=f"ltkit-{grid.name}")
+    else:
+        ex.update_parameters(timeout_min=params["timeout_min"])
+    todo, aliased = [], []
+    for cfg, status, target in plan(grid, dedupe):
+        if status in ("done", "alias") and not force:
+            continue
+        if target is not None:
+            write_alias(grid.run_dir(cfg), cfg, target.run_path(), f"{cfg.loss} reduces to softmax CE (checked)")
+            aliased.append(cfg.run_path())
+            continue
+        todo.append(cfg)
+    records: dict[str, Any] = _read_jobs(grid)
+    results: dict[str, str] = {}
+    for phase in ([c for c in todo if not c.stage1], [c for c in todo if c.stage1]):
+        with ex.batch():
+            pending = [(cfg, ex.submit(RunJob(spec, str(grid.results), cfg.run_path()))) for cfg in phase]
+        for cfg, job in pending:
+            records[cfg.run_path()] = {"job_id": str(job.job_id), "submitted": time.time(), "executor": executor,
+                                       "log": str(folder).replace("%j", str(job.job_id))}
+        atomic_write_json(jobs_file(grid), records)
+        if wait if wait is not None else executor != "slurm":
+            for cfg, job in pending:
+                results[cfg.run_path()] = job.result()
+    failed = [k for k, v in results.items() if v == "failed"]
+    return {"submitted": len(todo), "aliased": len(aliased), "failed": failed, "results": results}
+
+
+def _read_jobs(grid: Grid) -> dict[str, Any]:
+    f = jobs_file(grid)
+    if f.exists():
+        try:
+            return json.loads(f.read_text())
+        except json.JSONDecodeError:
+            return {}
+    return {}
+
+
+def executor_status(grid: Grid) -> dict[str, str]:
+    """Slurm/submitit view of unfinished runs: 'queued' / 'running' / 'failed' from the job records."""
+    out = {}
+    records = _read_jobs(grid)
+    if not records:
+        return out
+    try:
+        import submitit
+    except ImportError:  # pragma: no cover
+        return out
+    for run_path, rec in records.items():
+        if rec.get("executor") != "slurm":
+            continue
+        try:
+            job = submitit.SlurmJob(folder=Path(rec["log"]).parent, job_id=rec["job_id"])
+            state = job.state
+        except Exception:  # noqa: BLE001 - sacct unavailable off-cluster
+            continue
+        out[run_path] = {"PENDING": "queued", "RUNNING": "running", "FAILED": "failed", "TIMEOUT": "requeued",
+                         "PREEMPTED": "requeued"}.get(state, state.lower())
+    return out

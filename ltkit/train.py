@@ -1,0 +1,344 @@
+"""The training loop: one function, ``run(config)``, returns a run's metrics and tables.
+
+GPU fast path: the split sits on the device as uint8 and is augmented there
+in batches (:mod:`ltkit.loader`); bf16 autocast, channels_last, cuDNN
+benchmark, fused optimisers and ``torch.compile`` on CUDA; the only host syncs
+are at the end of an epoch (progress bar, history, NaN guard). The CPU path
+runs the same code.
+
+Reliability: after every epoch the model, optimiser, history and best-so-far
+state are checkpointed atomically; re-launching the same run resumes from
+the last complete epoch and, because every epoch's random draws are seeded
+from (seed, epoch), ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .config import RunConfig, make_config
+from .data import LTDataset, load_dataset
+from .io import atomic_torch_save
+from .loader import DeviceSplit, augment, batches, epoch_indices, to_float
+from .losses import LOSSES, create_loss
+from .metrics import evaluate_predictions
+from .models import MODELS, create_model, get_classifier
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class CheckpointMismatch(RuntimeError):
+    """A checkpoint belongs to another model or configuration."""
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    metrics: dict[str, Any]
+    per_class: pd.DataFrame
+    history: pd.DataFrame
+    predictions: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    dataset: dict[str, Any]
+    model: nn.Module | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no GPU (accepted here: auto, cpu)")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def load_data(cfg: RunConfig) -> LTDataset:
+    extra = {"val_per_class": cfg.val_per_class} if cfg.protocol == "cao2019" else {"test_imb_factor": cfg.test_imb_factor}
+    return load_dataset(cfg.dataset, cfg.protocol, imb_factor=cfg.imb_factor, imb_type=cfg.imb_type,
+                        root=cfg.data_root, split_seed=cfg.split_seed, source_kwargs=cfg.source_params, **extra)
+
+
+def lr_at(cfg: RunConfig, epoch: int) -> float:
+    """Linear warm-up over ``warmup_epochs``, then x ``lr_decay`` at each milestone (epoch >= m)."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.lr * (epoch + 1) / cfg.warmup_epochs
+    return cfg.lr * cfg.lr_decay ** sum(epoch >= m for m in cfg.milestones)
+
+
+def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
+    normed = bool(LOSSES.info(cfg.loss).get("normed_classifier")) if cfg.loss in LOSSES else False
+    kwargs = dict(cfg.model_params)
+    if MODELS.info(cfg.model)["family"] == "cifar":
+        kwargs.setdefault("normed", normed)
+    return create_model(cfg.model, num_classes, pretrained=bool(cfg.pretrained), **kwargs)
+
+
+def make_optimizer(cfg: RunConfig, params, device: torch.device) -> torch.optim.Optimizer:
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
+
+
+def _maybe_compile(model: nn.Module, cfg: RunConfig, device: torch.device) -> nn.Module:
+    mode = cfg.compile
+    if mode == "auto":
+        mode = "on" if device.type == "cuda" else "off"
+    if mode == "off":
+        return model
+    return torch.compile(model, mode="reduce-overhead" if mode == "reduce-overhead" else None)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: DeviceSplit, size: int, mean: torch.Tensor, std: torch.Tensor,
+            batch_size: int, amp: bool, channels_last: bool) -> torch.Tensor:
+    """Float32 logits of a whole split, large batches, no autograd."""
+    model.eval()
+    out = []
+    for idx in batches(np.arange(len(split)), batch_size):
+        x = to_float(split.images[idx], size, mean, std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(split.device.type, dtype=torch.bfloat16, enabled=amp):
+            out.append(model(x).float())
+    return torch.cat(out)
+
+
+@dataclass
+class Context:
+    """What a training loop and the stage-two methods share."""
+
+    cfg: RunConfig
+    ds: LTDataset
+    device: torch.device
+    train: DeviceSplit
+    val: DeviceSplit | None
+    tests: dict[str, DeviceSplit]
+    mean: torch.Tensor
+    std: torch.Tensor
+    amp: bool
+    channels_last: bool
+
+    def predict(self, model: nn.Module, split: DeviceSplit) -> torch.Tensor:
+        return predict(model, split, self.cfg.image_size, self.mean, self.std, self.cfg.eval_batch_size,
+                       self.amp, self.channels_last)
+
+
+def make_context(cfg: RunConfig, ds: LTDataset, device: torch.device) -> Context:
+    def dev(split):
+        return None if split is None else DeviceSplit(split.images, split.labels, device)
+
+    stat = {"device": device, "dtype": torch.float32}
+    return Context(cfg, ds, device, dev(ds.train), dev(ds.val), {k: dev(v) for k, v in ds.tests.items()},
+                   torch.tensor(ds.mean, **stat).view(1, 3, 1, 1), torch.tensor(ds.std, **stat).view(1, 3, 1, 1),
+                   amp=device.type == "cuda", channels_last=device.type == "cuda")
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+def _balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    correct = (logits.argmax(1) == labels).float()
+    per = torch.zeros(k, device=labels.device).index_add_(0, labels, correct)
+    cnt = torch.bincount(labels, minlength=k).float()
+    return float((per[cnt > 0] / cnt[cnt > 0]).mean())
+
+
+def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress: bool = True) -> pd.DataFrame:
+    """Train ``model`` per ``ctx.cfg``; returns the per-epoch history. Leaves the selected weights in ``model``."""
+    from tqdm.auto import tqdm
+
+    cfg, device = ctx.cfg, ctx.device
+    counts = ctx.ds.train_counts
+    loss_fn = create_loss(cfg.loss, counts, **cfg.loss_params).to(device)
+    if ctx.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(cfg, model.parameters(), device)
+    fwd = _maybe_compile(model, cfg, device)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"val": -1.0, "epoch": -1, "state": None}
+    start = 0
+    last = ckpt_dir / "last.pt" if ckpt_dir else None
+    if last is not None and last.exists():
+        start, history, best = _resume(last, cfg, model, opt)
+    gen = torch.Generator(device=device)
+    bar = tqdm(range(start, cfg.epochs), desc=f"{cfg.model}/{cfg.name}/seed{cfg.seed}", disable=not progress,
+               initial=start, total=cfg.epochs, unit="epoch")
+    for epoch in bar:
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # global RNG (SEQL's Bernoulli draws, dropout)
+        gen.manual_seed(cfg.seed * 100_003 + epoch)  # crop/flip draws
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, epoch)
+        if hasattr(loss_fn, "set_epoch"):
+            loss_fn.set_epoch(epoch)
+        model.train()
+        order = epoch_indices(cfg.sampler, ctx.train.labels_np, counts, epoch, cfg.epochs, cfg.seed)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        first_bad = torch.full((), -1, device=device, dtype=torch.long)
+        seen = 0
+        for step, idx in enumerate(batches(order, cfg.batch_size)):
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+            idx_t = torch.from_numpy(idx).to(device, non_blocking=True)
+            x = augment(ctx.train.images[idx_t], cfg.image_size, ctx.mean, ctx.std, gen)
+            if ctx.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = ctx.train.labels[idx_t]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx.amp):
+                logits = fwd(x)
+            loss = loss_fn(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ld = loss.detach()
+            bad = ~torch.isfinite(ld)
+            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+            loss_sum += torch.where(bad, torch.zeros_like(ld), ld) * len(idx)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(idx)
+        bad_step = int(first_bad)  # the epoch's one host sync
+        train_seconds = time.perf_counter() - t0
+        if bad_step >= 0:
+            raise NonFiniteLoss(f"non-finite training loss at epoch {epoch}, step {bad_step} "
+                                f"({cfg.model}/{cfg.name}, lr {lr_at(cfg, epoch):g}); the run stops here")
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr_at(cfg, epoch), "train_loss": float(loss_sum) / max(seen, 1),
+                               "train_acc": int(correct) / max(seen, 1), "images": seen,
+                               "train_seconds": train_seconds}
+        if ctx.val is not None:
+            vlog = ctx.predict(fwd, ctx.val)
+            row["val_top1"] = _accuracy(vlog, ctx.val.labels)
+            row["val_balanced_acc"] = _balanced_accuracy(vlog, ctx.val.labels, ctx.ds.num_classes)
+            if cfg.select == "best_val" and row["val_top1"] > best["val"]:
+                best = {"val": row["val_top1"], "epoch": epoch,
+                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        if cfg.track_test:  # recorded for the labelled best-epoch-on-test comparison only; never selects
+            row["test_top1"] = _accuracy(ctx.predict(fwd, ctx.tests["balanced"]), ctx.tests["balanced"].labels)
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        bar.set_postfix({k: round(v, 4) for k, v in row.items() if k in ("train_loss", "train_acc", "val_top1")})
+        if last is not None:
+            atomic_torch_save(last, {"epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
+                                     "history": history, "best": best, "fingerprint": cfg.fingerprint(),
+                                     "model_name": cfg.model, "rng": torch.get_rng_state()})
+    bar.close()
+    if cfg.select == "best_val" and best["state"] is not None:
+        model.load_state_dict(best["state"])
+    hist = pd.DataFrame(history)
+    hist.attrs["selected_epoch"] = best["epoch"] if cfg.select == "best_val" else cfg.epochs - 1
+    return hist
+
+
+def _resume(path: Path, cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer):
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointMismatch(f"{path}: unreadable checkpoint ({exc}); delete it to start the run afresh") from exc
+    if ck.get("model_name") != cfg.model:
+        raise CheckpointMismatch(f"{path}: checkpoint of model {ck.get('model_name')!r}, not {cfg.model!r}; "
+                                 "it was left untouched; point the run elsewhere or delete it")
+    if ck.get("fingerprint") != cfg.fingerprint():
+        raise CheckpointMismatch(f"{path}: checkpoint of another configuration (fingerprint {ck.get('fingerprint')} "
+                                 f"!= {cfg.fingerprint()}); it was left untouched; delete it to start afresh")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    return ck["epoch"], ck["history"], ck["best"]
+
+
+def run(params: RunConfig | dict[str, Any], ckpt_dir: str | Path | None = None, progress: bool = True,
+        keep_model: bool = False, ds: LTDataset | None = None) -> RunResult:
+    """Load data, build, train (or run a stage-two method), evaluate: a whole run."""
+    from .methods import STAGE2
+
+    cfg = params if isinstance(params, RunConfig) else make_config(params)
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    ds = ds if ds is not None else load_data(cfg)
+    ctx = make_context(cfg, ds, device)
+    ckpt = Path(ckpt_dir) if ckpt_dir else None
+    extra: dict[str, Any] = {}
+    if cfg.loss in STAGE2:
+        model, history, extra = STAGE2.get(cfg.loss)(ctx, ckpt, **cfg.loss_params)
+    else:
+        model = build_model(cfg, ds.num_classes).to(device)
+        history = train_model(ctx, model, ckpt, progress)
+        if ckpt is not None:
+            atomic_torch_save(ckpt / "final.pt", {"model": model.state_dict(), "model_name": cfg.model,
+                                                  "fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})
+    logit_fn = extra.pop("logit_fn", None)
+    result = evaluate_model(ctx, model, history, logit_fn)
+    result.extra.update(extra)
+    if keep_model:
+        result.model = model
+    return result
+
+
+def evaluate_model(ctx: Context, model: nn.Module, history: pd.DataFrame, logit_fn=None) -> RunResult:
+    cfg, ds = ctx.cfg, ctx.ds
+    preds, labels = {}, {}
+    for name, split in ctx.tests.items():
+        logits = ctx.predict(model, split)
+        if logit_fn is not None:
+            logits = logit_fn(logits)
+        preds[name] = logits.argmax(1).cpu().numpy()
+        labels[name] = split.labels_np
+    metrics, table = evaluate_predictions(preds, labels, ds.groups(), ds.train_counts, ds.classes, cfg.bootstrap)
+    sel = history.attrs.get("selected_epoch", len(history) - 1)
+    metrics["selected_epoch"] = int(sel)
+    metrics["epochs"] = int(cfg.epochs)
+    if "seconds" in history and len(history):
+        metrics["train_seconds_total"] = float(history["seconds"].sum())  # all segments of a resumed run
+    if "val_top1" in history and len(history):
+        metrics["val.top1_selected"] = float(history["val_top1"].iloc[sel]) if 0 <= sel < len(history) else math.nan
+    if "test_top1" in history and len(history):
+        # Labelled comparison number: what codebases that pick the best epoch on the test set report.
+        metrics["balanced.top1_best_epoch_on_test"] = float(history["test_top1"].max())
+        metrics["best_epoch_on_test"] = int(history["test_top1"].idxmax())
+    return RunResult(cfg, metrics, table, history, preds, labels,
+                     {"sizes": ds.sizes(), "train_counts": ds.train_counts.tolist(), "classes": ds.classes,
+                      "meta": ds.meta})
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)
+
+
+def features_and_logits(ctx: Context, model: nn.Module, split: DeviceSplit) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penultimate features (the classifier's input) and logits of a split, via a forward hook."""
+    clf = get_classifier(model, ctx.cfg.model)
+    feats: list[torch.Tensor] = []
+    h = clf.register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach().float()))
+    try:
+        logits = ctx.predict(model, split)
+    finally:
+        h.remove()
+    return torch.cat(feats), logits
