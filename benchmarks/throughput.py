@@ -187,6 +187,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--procs", type=int, default=8, help="concurrent resnet32 runs for the packing figure")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-pack", action="store_true", help="skip the packed resnet32 measurement")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     tiny = args.tiny
@@ -223,6 +224,8 @@ def main() -> None:
     report["thesis_grid_hours_dedupe"] = sum(r["thesis_grid_hours_dedupe"] for r in report["models"].values())
     report["thesis_grid_hours_no_dedupe"] = sum(r["thesis_grid_hours_no_dedupe"] for r in report["models"].values())
     # Small runs: one resnet32 run alone vs several packed on one device.
+    if args.no_pack:
+        return _write(report, args, tiny)
     epochs = 2 if tiny else 4
     single = packed_small_runs(device, 1, epochs, tiny)
     packed = packed_small_runs(device, 1 if tiny else args.procs, epochs, tiny)
@@ -235,6 +238,10 @@ def main() -> None:
     print(f"resnet32: single {single['aggregate_steady_img_s']:.0f} img/s; {packed['processes']} packed "
           f"{packed['aggregate_steady_img_s']:.0f} img/s aggregate -> cao2019 grid "
           f"{report['resnet32']['cao2019_grid_minutes_packed']:.1f} min (training only)", flush=True)
+    _write(report, args, tiny)
+
+
+def _write(report: dict, args, tiny: bool) -> None:
     print(f"thesis grid projected: {report['thesis_grid_hours_dedupe']:.2f} GPU-h with de-duplication, "
           f"{report['thesis_grid_hours_no_dedupe']:.2f} without", flush=True)
     out = Path(args.out or REPO / "benchmarks" / "results" / ("tiny.json" if tiny else "throughput.json"))

@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field for every run, e.g. --set epochs=1")
     g.add_argument("--slurm-log-dir", default=None)
+    g.add_argument("--only", default=None, help="comma-separated method labels to keep")
+    g.add_argument("--seeds", default=None, help="comma-separated seeds to keep")
     d = sub.add_parser("data", help="data utilities")
     d.add_argument("action", choices=["pack"])
     d.add_argument("--src", required=True)
@@ -65,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"ltkit: {exc}", file=sys.stderr)
         return 2
+    if args.only:
+        keep = set(args.only.split(","))
+        grid.runs = [r for r in grid.runs if r.name in keep or (r.stage1 in keep and r.name in keep)]
+    if args.seeds:
+        seeds = {int(x) for x in args.seeds.split(",")}
+        grid.runs = [r for r in grid.runs if r.seed in seeds]
     if args.action == "list":
         for cfg, status, target in plan(grid, not args.no_dedupe):
             alias = f"  (= {target.run_path()})" if target is not None and status == "missing" else ""

@@ -172,6 +172,13 @@ def _balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> fl
     return float((per[cnt > 0] / cnt[cnt > 0]).mean())
 
 
+def _test_epoch(cfg: RunConfig, epoch: int) -> bool:
+    """Test-set tracking epochs: every epoch from the first lr decay on (where the best epoch of the
+    published step schedules lies), every 10th before it, and the last. Saves ~70% of that evaluation."""
+    first = min(cfg.milestones) if cfg.milestones else 0
+    return epoch >= first or epoch % 10 == 9 or epoch == cfg.epochs - 1
+
+
 def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress: bool = True) -> pd.DataFrame:
     """Train ``model`` per ``ctx.cfg``; returns the per-epoch history. Leaves the selected weights in ``model``."""
     from tqdm.auto import tqdm
@@ -241,7 +248,7 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
             if cfg.select == "best_val" and row["val_top1"] > best["val"]:
                 best = {"val": row["val_top1"], "epoch": epoch,
                         "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-        if cfg.track_test:  # recorded for the labelled best-epoch-on-test comparison only; never selects
+        if cfg.track_test and _test_epoch(cfg, epoch):  # for the labelled best-epoch-on-test number; never selects
             row["test_top1"] = _accuracy(ctx.predict(fwd, ctx.tests["balanced"]), ctx.tests["balanced"].labels)
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
