@@ -14,8 +14,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .registry import choice_error
-
 PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
     # Midtgaard (2025), Table A.2 / section 3.3: Adam 1e-3, StepLR x0.1 every 30 of 90 epochs, 224 px.
     "thesis": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, epochs=90, milestone_fracs=(1 / 3, 2 / 3),

@@ -88,7 +88,7 @@ def environment() -> dict[str, Any]:
 
     cuda = torch.cuda.is_available()
     commit = git_commit(Path(__file__).resolve().parent.parent)
-    if not commit.get("commit") and os.environ.get("LTKIT_GIT_COMMIT"):
+    if os.environ.get("LTKIT_GIT_COMMIT"):  # set where the tree travels without its .git (lent GPU)
         commit = {"commit": os.environ["LTKIT_GIT_COMMIT"], "dirty": None}
     return {
         "ltkit_version": __version__, "git": commit, "python": sys.version.split()[0], "torch": torch.__version__,

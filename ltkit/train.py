@@ -109,8 +109,8 @@ def make_optimizer(cfg: RunConfig, params, device: torch.device) -> torch.optim.
 
 def _maybe_compile(model: nn.Module, cfg: RunConfig, device: torch.device) -> nn.Module:
     mode = cfg.compile
-    if mode == "auto":
-        mode = "on" if device.type == "cuda" else "off"
+    if mode == "auto":  # compiling costs ~1-2 min: worth it on CUDA for real runs, not for short checks
+        mode = "on" if device.type == "cuda" and cfg.epochs >= 10 and cfg.max_steps is None else "off"
     if mode == "off":
         return model
     return torch.compile(model, mode="reduce-overhead" if mode == "reduce-overhead" else None)
@@ -322,8 +322,6 @@ def evaluate_model(ctx: Context, model: nn.Module, history: pd.DataFrame, logit_
     sel = history.attrs.get("selected_epoch", len(history) - 1)
     metrics["selected_epoch"] = int(sel)
     metrics["epochs"] = int(cfg.epochs)
-    if "seconds" in history and len(history):
-        metrics["train_seconds_total"] = float(history["seconds"].sum())  # all segments of a resumed run
     if "val_top1" in history and len(history):
         metrics["val.top1_selected"] = float(history["val_top1"].iloc[sel]) if 0 <= sel < len(history) else math.nan
     if "test_top1" in history and len(history):
@@ -332,7 +330,8 @@ def evaluate_model(ctx: Context, model: nn.Module, history: pd.DataFrame, logit_
         metrics["best_epoch_on_test"] = int(history["test_top1"].idxmax())
     return RunResult(cfg, metrics, table, history, preds, labels,
                      {"sizes": ds.sizes(), "train_counts": ds.train_counts.tolist(), "classes": ds.classes,
-                      "meta": ds.meta})
+                      "meta": ds.meta},
+                     extra={"train_seconds_total": float(history["seconds"].sum()) if "seconds" in history else 0.0})
 
 
 def clone_model(model: nn.Module) -> nn.Module:

@@ -1,0 +1,124 @@
+import json
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from ltkit.config import ConfigError, make_config
+from ltkit.loader import augment, epoch_indices
+from ltkit.methods import posthoc_adjust, tau_normalise
+from ltkit.train import CheckpointMismatch, NonFiniteLoss, run
+
+
+def same(a: dict, b: dict) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN-aware exact equality
+
+
+def test_tiny_cnn_learns_synthetic_well_above_chance(tiny_cfg):
+    r = run({**tiny_cfg, "epochs": 6, "source_params": {"num_classes": 10, "train_per_class": 200}}, progress=False)
+    assert r.metrics["balanced.top1"] > 0.4  # chance is 0.10
+    assert len(r.history) == 6 and r.metrics["selected_epoch"] == 5
+
+
+def test_same_seed_same_metrics(tiny_cfg):
+    a = run(tiny_cfg, progress=False)
+    b = run(tiny_cfg, progress=False)
+    assert same(a.metrics, b.metrics)
+    assert a.history.drop(columns=["seconds", "train_seconds"]).equals(b.history.drop(columns=["seconds", "train_seconds"]))
+
+
+def _child(cfg, ckpt):
+    run(cfg, ckpt_dir=ckpt, progress=False)
+
+
+def test_killed_run_resumes_bit_for_bit(tiny_cfg, tmp_path):
+    cfg = {**tiny_cfg, "epochs": 6}
+    ref = run(cfg, progress=False, keep_model=True)
+    ckpt = tmp_path / "ck"
+    proc = mp.get_context("spawn").Process(target=_child, args=(cfg, str(ckpt)))
+    proc.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpt / "last.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    done_epochs = torch.load(ckpt / "last.pt", weights_only=False)["epoch"]
+    assert 1 <= done_epochs < 6, "the kill should land mid-run"
+    resumed = run(cfg, ckpt_dir=ckpt, progress=False, keep_model=True)
+    assert same(resumed.metrics, ref.metrics)
+    for (k, a), b in zip(ref.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_checkpoint_of_another_model_is_refused(tiny_cfg, tmp_path):
+    run({**tiny_cfg, "epochs": 1}, ckpt_dir=tmp_path, progress=False)
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(CheckpointMismatch, match="tiny_cnn"):
+        run({**tiny_cfg, "epochs": 1, "model": "resnet32"}, ckpt_dir=tmp_path, progress=False)
+    assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_nan_loss_stops_with_epoch_and_step(tiny_cfg):
+    with pytest.raises(NonFiniteLoss, match=r"epoch 0, step \d+"):
+        run({**tiny_cfg, "lr": 1e30, "optimizer": "sgd"}, progress=False)
+
+
+def test_selection_never_reads_test_labels(tiny_cfg, monkeypatch):
+    """Poison the test labels: the selected epoch (thesis protocol: best validation) must not move."""
+    import ltkit.train as T
+
+    cfg = {**tiny_cfg, "protocol": "thesis", "epochs": 3, "image_size": 32, "pretrained": False}
+    clean = run(cfg, progress=False)
+    real = T.load_data
+
+    def poisoned(c):
+        ds = real(c)
+        for s in ds.tests.values():
+            s.labels = torch.flip(s.labels, [0])
+        return ds
+
+    monkeypatch.setattr(T, "load_data", poisoned)
+    dirty = run(cfg, progress=False)
+    assert dirty.metrics["selected_epoch"] == clean.metrics["selected_epoch"]
+    assert dirty.history["val_top1"].equals(clean.history["val_top1"])
+
+
+def test_augment_is_seeded_and_shaped():
+    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    m, s = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    a = augment(x, 48, m, s, torch.Generator().manual_seed(1))
+    b = augment(x, 48, m, s, torch.Generator().manual_seed(1))
+    assert a.shape == (5, 3, 48, 48) and torch.equal(a, b)
+    plain = augment(x, 32, m, s, torch.Generator(), pad=0, flip=False)
+    assert torch.allclose(plain, x.float() / 255)
+
+
+def test_class_balanced_sampler_uniform_over_classes():
+    labels = np.repeat(np.arange(5), [1000, 300, 100, 30, 10])
+    idx = epoch_indices("class_balanced", labels, np.bincount(labels), 0, 1, 0)
+    freq = np.bincount(labels[idx], minlength=5) / len(idx)
+    assert np.abs(freq - 0.2).max() < 0.02
+    inst = epoch_indices("instance", labels, np.bincount(labels), 0, 1, 0)
+    assert sorted(inst) == list(range(len(labels)))
+
+
+def test_posthoc_and_tau_norm_identities():
+    z = torch.randn(4, 3)
+    assert torch.equal(posthoc_adjust(z, torch.log(torch.tensor([0.7, 0.2, 0.1])), 0.0), z)
+    w = torch.randn(3, 5)
+    assert torch.allclose(tau_normalise(w, 0.0), w)
+    assert torch.allclose(tau_normalise(w, 1.0).norm(dim=1), torch.ones(3))
+
+
+@pytest.mark.parametrize("bad,match", [({"epochs": 0}, "'epochs': 0"), ({"loss": "cee"}, "accepted: .*bs"),
+                                       ({"optimizer": "rmsprop"}, "adam, sgd"), ({"imb_factor": "x"}, "imb_factor"),
+                                       ({"lossparams": {}}, "unknown parameter"),
+                                       ({"loss": "focal", "loss_params": {"gama": 1}}, "accepted: gamma")])
+def test_config_errors_name_value_and_accepted(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        make_config({"protocol": "cao2019", "dataset": "synthetic", "model": "tiny_cnn", **bad})
