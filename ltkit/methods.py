@@ -54,11 +54,14 @@ def _log_prior(ctx) -> torch.Tensor:
     return torch.log(c / c.sum())
 
 
+def _need_val(ctx) -> None:
+    if ctx.val is None:
+        raise RuntimeError(f"{ctx.cfg.loss}: choosing tau needs a validation split and this data has none "
+                           "(balanced cao2019 data leaves no unused images); pass loss_params: {tau: ...}")
+
+
 def _pick_tau(ctx, score) -> tuple[float, pd.DataFrame]:
     from .train import _balanced_accuracy
-
-    if ctx.val is None:
-        raise RuntimeError("choosing tau needs a validation split; this protocol has none")
     rows = [{"tau": float(t), "val_balanced_acc": _balanced_accuracy(score(float(t)), ctx.val.labels,
                                                                      ctx.ds.num_classes)} for t in TAU_GRID]
     table = pd.DataFrame(rows)
@@ -88,6 +91,7 @@ def la_posthoc(ctx, ckpt_dir: Path | None, tau: float | None = None):
     lp = _log_prior(ctx)
     table = None
     if tau is None:
+        _need_val(ctx)
         vlog = ctx.predict(model, ctx.val)
         tau, table = _pick_tau(ctx, lambda t: posthoc_adjust(vlog, lp, t))
     return model, _history([]), {"tau": tau, "tau_search": table, "logit_fn": lambda z: posthoc_adjust(z, lp, tau)}
@@ -113,6 +117,7 @@ def tau_norm(ctx, ckpt_dir: Path | None, tau: float | None = None):
     if tau is None:
         from .train import features_and_logits
 
+        _need_val(ctx)
         feats_val, _ = features_and_logits(ctx, model, ctx.val)
         tau, table = _pick_tau(ctx, lambda t: feats_val @ tau_normalise(w0, t).T)
     with torch.no_grad():

@@ -46,7 +46,7 @@ class RunJob:
 
             job_env = submitit.JobEnvironment()
             env["LTKIT_SLURM_LOG"] = str(Path(job_env.paths.stdout)).replace("%j", str(job_env.job_id))
-        except RuntimeError:  # not inside a submitit job (plain call)
+        except Exception:  # noqa: BLE001 - not inside a submitit job (plain or debug call)
             pass
         env.setdefault("LTKIT_SLURM_LOG", os.environ.get("LTKIT_SLURM_LOG", ""))
         return execute_run(grid, cfg, env)

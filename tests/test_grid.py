@@ -1,0 +1,126 @@
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ltkit.config import ConfigError
+from ltkit.grid import grid_from_spec, load_grid, plan, run_grid
+from ltkit.io import LockHeld, run_lock
+from ltkit.report import collect
+
+REPO = Path(__file__).resolve().parents[1]
+SYN = {"num_classes": 10, "train_per_class": 60, "test_per_class": 10}
+
+
+def spec(tmp_path, **kw):
+    base = {"protocol": "cao2019", "dataset": "synthetic", "model": "tiny_cnn", "imb_factor": 5, "epochs": 1,
+            "bootstrap": 20, "source_params": SYN}
+    return {"name": f"t{abs(hash(str(tmp_path))) % 10**6}", "results": str(tmp_path / "results"), "base": base,
+            "seeds": [0], "methods": ["ce", "bs"], **kw}
+
+
+def test_grid_typo_fails_before_training(tmp_path):
+    bad = spec(tmp_path, methods=["ce", "balanced_softmax"])
+    with pytest.raises(ConfigError, match="'balanced_softmax'.*accepted"):
+        grid_from_spec(bad)
+    with pytest.raises(ConfigError, match="unknown grid key"):
+        grid_from_spec({**spec(tmp_path), "sedes": [1]})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(["epochs", "lr", "imb_factor", "batch_size", "loss", "model", "seed",
+                                        "sampler", "bogus"]),
+                       st.one_of(st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=6), st.none(),
+                                 st.booleans()), max_size=3))
+def test_config_loader_fuzz(tmp_path, overrides):
+    """Any input either loads or fails with a ConfigError that names the bad key; nothing else escapes."""
+    s = spec(tmp_path)
+    s["base"] = {**s["base"], **overrides}
+    try:
+        grid_from_spec(s)
+    except ConfigError as exc:
+        assert "accepted" in str(exc) or "needs" in str(exc)
+
+
+def test_dedupe_on_balanced_data(tmp_path):
+    s = spec(tmp_path, methods=["ce", "wce", "cb", "bs", "seql", "focal", "ldam"])
+    s["base"]["imb_factor"] = 1
+    g = grid_from_spec(s)
+    aliased = {cfg.name for cfg, _, t in plan(g) if t is not None}
+    assert aliased == {"wce", "cb", "bs", "seql"}
+    s["base"]["imb_factor"] = 5
+    # long-tailed counts: only SEQL, whose rarest class here is still above lambda, stays CE
+    assert {cfg.name for cfg, _, t in plan(grid_from_spec(s)) if t is not None} == {"seql"}
+    assert not any(t is not None for _, _, t in plan(g, dedupe=False))
+
+
+def test_run_lock_excludes_second_holder(tmp_path):
+    with run_lock(tmp_path / ".lock"):
+        with pytest.raises(LockHeld):
+            with run_lock(tmp_path / ".lock"):
+                pass
+    with run_lock(tmp_path / ".lock"):
+        pass
+
+
+@pytest.mark.slow
+def test_grid_end_to_end_through_papermill(tmp_path):
+    """Runs, skips finished runs, aliases CE twins, records a failure and carries on."""
+    s = spec(tmp_path, methods=["ce", "wce", {"label": "boom", "loss": "ce", "lr": 1e30, "optimizer": "sgd"},
+                                {"label": "la_posthoc", "loss": "la_posthoc", "stage1": "ce",
+                                 "loss_params": {"tau": 1.0}}])
+    s["base"]["imb_factor"] = 1  # wce is then CE by construction
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(s))
+    g = load_grid(path)
+    summary = run_grid(g, stagger=0.2)
+    assert sorted(Path(p).parts[-2] for p in summary["done"]) == ["ce", "la_posthoc"]
+    assert [Path(p).parts[-2] for p in summary["aliased"]] == ["wce"]
+    assert [Path(p).parts[-2] for p in summary["failed"]] == ["boom"]
+    df = collect(g.results)
+    st_ = dict(zip(df["method"], df["status"], strict=True))
+    assert st_ == {"ce": "done", "wce": "alias", "boom": "failed", "la_posthoc": "done"}
+    boom = g.results / "cao2019" / "synthetic_balanced" / "tiny_cnn" / "boom" / "seed0"
+    prov = json.loads((boom / "provenance.json").read_text())
+    assert prov["status"] == "failed" and "NonFiniteLoss" in prov["error"]
+    assert (boom / "train.ipynb").exists() and not (boom / "metrics.json").exists()
+    ce = g.results / "cao2019" / "synthetic_balanced" / "tiny_cnn" / "ce" / "seed0"
+    for f in ("metrics.json", "per_class.csv", "history.csv", "provenance.json", "train.ipynb", "predictions.npz"):
+        assert (ce / f).exists(), f
+    prov = json.loads((ce / "provenance.json").read_text())
+    assert {"git", "torch", "device_name", "start", "end", "wall_seconds", "command", "parameters"} <= set(prov)
+    mtime = (ce / "metrics.json").stat().st_mtime
+    again = run_grid(load_grid(path), stagger=0.2)
+    assert len(again["skipped"]) == 3 and (ce / "metrics.json").stat().st_mtime == mtime
+    # the CLI exits non-zero and lists the failure
+    cli = subprocess.run([sys.executable, "-m", "ltkit.cli", "grid", "run", str(path)], capture_output=True, text=True)
+    assert cli.returncode == 1 and "boom" in cli.stderr
+    shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_submitit_debug_executor_runs_grid(tmp_path):
+    from ltkit.submit import RunJob, slurm_parameters, submit_grid
+
+    s = spec(tmp_path, methods=["ce"], slurm={"partition": "gpu", "timeout_min": 30, "array_parallelism": 4})
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(s))
+    g = load_grid(path)
+    p = slurm_parameters(g)
+    assert p["slurm_partition"] == "gpu" and p["timeout_min"] == 30 and p["slurm_array_parallelism"] == 4
+    assert p["gpus_per_node"] == 1
+    res = submit_grid(g, executor="debug", log_dir=tmp_path / "logs")
+    assert res["submitted"] == 1 and not res["failed"]
+    assert collect(g.results)["status"].tolist() == ["done"]
+    # preemption requeues the same run (which then resumes from its checkpoint)
+    job = RunJob(yaml.safe_load(path.read_text()), str(g.results), g.runs[0].run_path())
+    assert job.checkpoint().function.run_path == job.run_path
+    with pytest.raises(ConfigError, match="unknown slurm option"):
+        slurm_parameters(grid_from_spec(spec(tmp_path, slurm={"partion": "x"})))
+    shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
