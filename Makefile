@@ -1,0 +1,53 @@
+# ltkit: make setup | test | demo | run-all | bench | book | clean
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+LTKIT  := $(VENV)/bin/ltkit
+# torch 2.14.1 / torchvision 0.29.1 are the newest releases allowed here; override on your own box if needed.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+GPU_GRIDS ?= configs/thesis.yaml configs/cao2019-cifar100-if100.yaml configs/cao2019-cifar100-if50.yaml \
+             configs/cao2019-cifar100-if10.yaml configs/cao2019-cifar10-if100.yaml
+
+# Use the offline CIFAR-100 copy beside the checkout when there is one.
+ifneq ($(wildcard ../shared/data/cifar100/train.npz),)
+export LTKIT_DATA ?= $(abspath ../shared/data)
+endif
+
+.PHONY: setup test demo run-all bench book clean clean-results lint
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check ltkit tests benchmarks
+
+demo: setup
+	$(LTKIT) grid run configs/demo.yaml
+	$(MAKE) book
+
+run-all: setup
+	@for g in $(GPU_GRIDS); do $(LTKIT) grid run $$g || status=1; done; exit $${status:-0}
+	$(MAKE) book
+
+bench: setup
+	$(PY) benchmarks/throughput.py
+
+book: setup
+	$(VENV)/bin/jupyter-book build book
+	@echo "open book/_build/html/index.html"
+
+clean:
+	rm -rf book/_build .pytest_cache .ruff_cache .hypothesis
+
+# Results are the product: deleting them asks first.
+clean-results:
+	@read -p "Delete results/demo and checkpoints/? [y/N] " ans && [ "$$ans" = y ] && rm -rf results/demo checkpoints || echo kept

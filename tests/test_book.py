@@ -1,0 +1,34 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ltkit.grid import load_grid, run_grid
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_book_builds_from_fresh_demo_results(tmp_path):
+    """Run a one-epoch demo-style grid through papermill, then build the book with -W from those results."""
+    spec = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    spec.update(name="booktest", results=str(tmp_path / "demo"), seeds=[0, 1], methods=["ce", "bs"])
+    spec["base"].update(epochs=1, bootstrap=50, source_params={"num_classes": 10, "train_per_class": 60,
+                                                                "test_per_class": 10})
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    summary = run_grid(load_grid(path), stagger=0.2)
+    assert len(summary["done"]) == 4 and not summary["failed"]
+    shutil.rmtree(REPO / "checkpoints" / "booktest", ignore_errors=True)
+    env = {**os.environ, "LTKIT_DEMO_RESULTS": str(tmp_path / "demo")}
+    jb = Path(sys.executable).parent / "jupyter-book"
+    out = subprocess.run([str(jb), "build", str(REPO / "book"), "-W", "--keep-going", "--path-output",
+                          str(tmp_path / "build")], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    html = (tmp_path / "build" / "_build" / "html" / "demo.html").read_text()
+    assert "No demo runs yet" not in html
+    assert "bs" in html and "<img" in html  # the table and the figure made it into the page
