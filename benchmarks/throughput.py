@@ -154,8 +154,8 @@ def sync(device) -> None:
 
 def packed_small_runs(device, procs: int, epochs: int, tiny: bool) -> dict:
     """Aggregate images/s of ``procs`` concurrent resnet32 trainings (separate processes) on one device."""
-    code = ("import sys,json; sys.path.insert(0, %r); from benchmarks.throughput import _one_small; "
-            "print(json.dumps(_one_small(%d, %s)))") % (str(REPO), epochs, tiny)
+    code = (f"import sys,json; sys.path.insert(0, {str(REPO)!r}); from benchmarks.throughput import _one_small; "
+            f"print(json.dumps(_one_small({epochs}, {tiny})))")
     t0 = time.perf_counter()
     ps = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(procs)]
     outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in ps]
