@@ -150,18 +150,6 @@ def _train_head(ctx, feats: torch.Tensor, labels: torch.Tensor, head: nn.Module,
     return _history(rows)
 
 
-class _Head(nn.Module):
-    """Frozen-feature head: applies the model's (new or scaled) classifier to cached features."""
-
-    def __init__(self, clf: nn.Module, scale: torch.Tensor | None = None) -> None:
-        super().__init__()
-        self.clf, self.scale = clf, scale
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        z = self.clf(f)
-        return z * self.scale if self.scale is not None else z
-
-
 @STAGE2.register("crt")
 def crt(ctx, ckpt_dir: Path | None, lr: float = 0.1):
     """Classifier re-training: a fresh classifier on frozen stage-one features, class-balanced sampling."""
@@ -178,6 +166,8 @@ def crt(ctx, ckpt_dir: Path | None, lr: float = 0.1):
 
 
 class _Scaled(nn.Module):
+    """A frozen classifier followed by one learnable scale per class (LWS)."""
+
     def __init__(self, clf: nn.Module, scale: nn.Parameter) -> None:
         super().__init__()
         self.clf, self.scale = clf, scale
@@ -198,6 +188,7 @@ def lws(ctx, ckpt_dir: Path | None, lr: float = 0.1):
     for p in clf.parameters():
         p.requires_grad_(False)
     scale = nn.Parameter(torch.ones(ctx.ds.num_classes, device=ctx.device))
-    hist = _train_head(ctx, feats, ctx.train.labels, _Head(clf, scale), [scale], ctx.cfg.stage2_epochs, lr)
-    set_classifier(model, ctx.cfg.model, _Scaled(clf, scale))
+    head = _Scaled(clf, scale)  # trained on cached features, then put in the model as its classifier
+    hist = _train_head(ctx, feats, ctx.train.labels, head, [scale], ctx.cfg.stage2_epochs, lr)
+    set_classifier(model, ctx.cfg.model, head)
     return model.eval(), hist, {"scales": scale.detach().cpu().numpy().round(4).tolist()}
