@@ -1,7 +1,7 @@
 """``ltkit`` command line: grids (list / run / status), data packing, notebook preparation.
 
     ltkit grid list   configs/demo.yaml
-    ltkit grid run    configs/demo.yaml [--force] [--no-dedupe] [--jobs N] [--executor local|slurm]
+    ltkit grid run    configs/demo.yaml [--force] [--no-dedupe] [--jobs N] [--executor local|slurm|submitit-local|debug]
     ltkit grid status configs/demo.yaml
     ltkit data pack   --src ../shared/data --out .gpu_data/cao --protocol cao2019
 """
@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--force", action="store_true", help="re-run finished runs")
     g.add_argument("--no-dedupe", action="store_true", help="also train runs that are identical to CE by construction")
     g.add_argument("--jobs", type=int, default=None, help="concurrent runs (default: one per GPU slot, 1 on CPU)")
-    g.add_argument("--executor", choices=["local", "slurm", "debug"], default="local")
+    g.add_argument("--executor", choices=["local", "slurm", "submitit-local", "debug"], default="local",
+                   help="local: one run per GPU slot on this box; slurm: submitit jobs; submitit-local/debug: the slurm path "
+                        "without a cluster (tests)")
     g.add_argument("--results", default=None, help="results folder (default: the grid's)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field for every run, e.g. --set epochs=1")
@@ -93,12 +95,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{st:9s} {cfg.run_path()}")
         print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
         return 0
-    if args.executor in ("slurm", "debug"):
+    if args.executor != "local":
         from .submit import submit_grid
 
         res = submit_grid(grid, executor=args.executor, force=args.force, dedupe=not args.no_dedupe,
                           log_dir=args.slurm_log_dir)
-        print(res)
+        print(f"submitted {res['submitted']}, aliased {res['aliased']}, failed {len(res['failed'])}")
+        for p in res["failed"]:
+            print(f"  failed: {p}", file=sys.stderr)
         return 1 if res.get("failed") else 0
     summary = run_grid(grid, force=args.force, dedupe=not args.no_dedupe, jobs=args.jobs)
     print(f"done {len(summary['done'])}, skipped {len(summary['skipped'])}, aliased {len(summary['aliased'])}, "

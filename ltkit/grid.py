@@ -242,9 +242,12 @@ def gpu_slots(runs_per_gpu: int | str = "auto", jobs: int | None = None) -> list
     return slots[:jobs] if jobs else slots
 
 
-def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | None = None,
-             log: Callable[[str], None] = print, stagger: float = 1.0) -> dict[str, list[str]]:
-    """Run what is missing: stage-one runs first, then stage-two; one run per slot at a time."""
+def pending_runs(grid: Grid, force: bool = False, dedupe: bool = True) -> tuple[list[RunConfig], dict[str, list[str]]]:
+    """What is left to train, after skipping finished runs and writing the CE aliases.
+
+    Returns (runs to execute, summary with 'skipped' and 'aliased' filled); shared
+    by the local queue and the submitit path so both skip and alias alike.
+    """
     todo, summary = [], {"done": [], "skipped": [], "aliased": [], "failed": []}
     for cfg, status, target in plan(grid, dedupe):
         if status in ("done", "alias") and not force:
@@ -256,6 +259,18 @@ def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | N
             summary["aliased"].append(cfg.run_path())
             continue
         todo.append(cfg)
+    return todo, summary
+
+
+def phases(todo: list[RunConfig]) -> list[list[RunConfig]]:
+    """Stage-one runs, then the stage-two runs that start from their checkpoints."""
+    return [[c for c in todo if not c.stage1], [c for c in todo if c.stage1]]
+
+
+def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | None = None,
+             log: Callable[[str], None] = print, stagger: float = 1.0) -> dict[str, list[str]]:
+    """Run what is missing: stage-one runs first, then stage-two; one run per slot at a time."""
+    todo, summary = pending_runs(grid, force, dedupe)
     slots = gpu_slots(grid.runs_per_gpu, jobs)
     log(f"{grid.name}: {len(todo)} to run on {len(slots)} slot(s); {len(summary['skipped'])} already done, "
         f"{len(summary['aliased'])} aliased to CE")
@@ -274,7 +289,7 @@ def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | N
 
     from tqdm.auto import tqdm
 
-    for phase in ([c for c in todo if not c.stage1], [c for c in todo if c.stage1]):
+    for phase in phases(todo):
         with ThreadPoolExecutor(max_workers=len(slots)) as pool, tqdm(total=len(phase), desc=grid.name, unit="run") as bar:
             futures = []
             for cfg in phase:

@@ -7,6 +7,7 @@ run folders (following CE aliases) and never anything typed by hand.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,23 @@ def _run_dirs(root: Path):
             yield p
 
 
+def resolve_alias(run_dir: str | Path) -> Path:
+    """The folder that holds a run's files: itself, or for a CE alias the CE run it points to.
+
+    ``alias.json`` stores the target relative to the results root, which is five
+    levels above a run folder (``<protocol>/<data>/<model>/<method>/seed<k>``).
+    """
+    p = Path(run_dir)
+    if (p / "alias.json").exists() and not (p / "metrics.json").exists():
+        return p.parents[4] / read_json(p / "alias.json")["alias_of"]
+    return p
+
+
+def results_root(sub: str = "") -> Path:
+    """``results/`` (or ``$LTKIT_RESULTS``, e.g. a scratch folder the tests fill) joined with ``sub``."""
+    return Path(os.environ.get("LTKIT_RESULTS") or REPO / "results") / sub
+
+
 def collect(root: str | Path) -> pd.DataFrame:
     """One row per run under ``root``: identity columns, status, every metric, provenance figures.
 
@@ -50,10 +68,9 @@ def collect(root: str | Path) -> pd.DataFrame:
         protocol, data_tag, model, method, seed = rel[-5:]
         row: dict[str, Any] = {"protocol": protocol, "data": data_tag, "model": model, "method": method,
                                "seed": int(seed.removeprefix("seed")), "path": str(d), "identical_to_ce": False}
-        metrics = load_metrics(d)
-        if metrics is None and (d / "alias.json").exists():
-            target = root / read_json(d / "alias.json")["alias_of"]
-            metrics = load_metrics(target)
+        src = resolve_alias(d)
+        metrics = load_metrics(src)
+        if src != d:
             row["identical_to_ce"] = True
             row["status"] = "alias" if metrics is not None else "alias-missing"
         elif metrics is not None:
@@ -64,8 +81,7 @@ def collect(root: str | Path) -> pd.DataFrame:
             row["error"] = prov.get("error") if prov else None
         if metrics:
             row.update(metrics)
-            prov = _safe_json((root / read_json(d / "alias.json")["alias_of"] if row["identical_to_ce"] else d)
-                              / "provenance.json")
+            prov = _safe_json(src / "provenance.json")
             if prov:
                 row["wall_seconds"] = prov.get("wall_seconds")
                 row["device_name"] = prov.get("device_name")
@@ -160,11 +176,7 @@ def compare_to_baseline(df: pd.DataFrame, key: str, by: list[str], baseline: str
 
 
 def _predictions(path: str, split: str):
-    p = Path(path)
-    alias = p / "alias.json"
-    if alias.exists() and not (p / "predictions.npz").exists():
-        p = p.parents[4] / read_json(alias)["alias_of"]
-    f = p / "predictions.npz"
+    f = resolve_alias(path) / "predictions.npz"
     if not f.exists():
         return None
     z = np.load(f)
@@ -177,10 +189,7 @@ def _group_mask(path: str, key: str, labels: np.ndarray) -> np.ndarray:
     group = key.split(".", 1)[1]
     if group == "top1":
         return np.ones(len(labels), bool)
-    p = Path(path)
-    if (p / "alias.json").exists() and not (p / "per_class.csv").exists():
-        p = p.parents[4] / read_json(p / "alias.json")["alias_of"]
-    pc = pd.read_csv(p / "per_class.csv")
+    pc = pd.read_csv(resolve_alias(path) / "per_class.csv")
     return pc[f"group_{group}"].to_numpy()[labels]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError
-from .grid import REPO, Grid, execute_run, grid_from_spec, plan, write_alias
+from .grid import REPO, Grid, execute_run, grid_from_spec, pending_runs, phases
 from .io import atomic_write_json
 
 SLURM_KEYS = {"partition": "slurm_partition", "gpus_per_node": "gpus_per_node", "timeout_min": "timeout_min",
@@ -71,47 +71,63 @@ def jobs_file(grid: Grid) -> Path:
     return REPO / "checkpoints" / grid.name / "submitit_jobs.json"
 
 
-def submit_grid(grid: Grid, executor: str = "slurm", force: bool = False, dedupe: bool = True,
-                log_dir: str | Path | None = None, wait: bool | None = None) -> dict[str, Any]:
-    """Submit every missing run (stage-one runs first, then stage-two once those finished)."""
-    import submitit
+EXECUTORS = {"slurm": "slurm", "submitit-local": "local", "debug": "debug"}
 
-    if grid.path is None:
-        raise ValueError("submit_grid needs a grid loaded from a file")
+
+def submit_grid(grid: Grid, executor: str = "slurm", force: bool = False, dedupe: bool = True,
+                log_dir: str | Path | None = None, wait: bool | None = None,
+                local_params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Submit every missing run as a submitit job; stage-two runs after their stage one.
+
+    ``slurm`` submits a job array (stage-two jobs depend ``afterok`` on the stage-one
+    array); ``submitit-local`` runs each job as a local subprocess with submitit's own
+    requeue-on-signal machinery (no queue: every job at once), ``debug`` in this
+    process. Both exist so the Slurm path is tested without a cluster. With
+    ``wait`` (default off for slurm) it blocks and collects each job's outcome.
+    """
+    import submitit
     import yaml
 
+    if executor not in EXECUTORS:
+        raise ConfigError(f"bad value for 'executor': {executor!r} (accepted: local, {', '.join(EXECUTORS)})")
+    if grid.path is None:
+        raise ValueError("submit_grid needs a grid loaded from a file")
     spec = yaml.safe_load(grid.path.read_text())
     folder = Path(log_dir or REPO / "checkpoints" / grid.name / "submitit" / "%j")
-    cluster = {"slurm": "slurm", "debug": "debug", "local": "local"}[executor]
+    cluster = EXECUTORS[executor]
     ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     params = slurm_parameters(grid)
     if cluster == "slurm":
         ex.update_parameters(**params, name=f"ltkit-{grid.name}")
     else:
-        ex.update_parameters(timeout_min=params["timeout_min"])
-    todo, aliased = [], []
-    for cfg, status, target in plan(grid, dedupe):
-        if status in ("done", "alias") and not force:
-            continue
-        if target is not None:
-            write_alias(grid.run_dir(cfg), cfg, target.run_path(), f"{cfg.loss} reduces to softmax CE (checked)")
-            aliased.append(cfg.run_path())
-            continue
-        todo.append(cfg)
+        ex.update_parameters(timeout_min=params["timeout_min"], **(local_params or {}))
+    blocking = wait if wait is not None else executor != "slurm"
+    todo, summary = pending_runs(grid, force, dedupe)
     records: dict[str, Any] = _read_jobs(grid)
     results: dict[str, str] = {}
-    for phase in ([c for c in todo if not c.stage1], [c for c in todo if c.stage1]):
+    jobs: dict[str, Any] = {}
+    stage_one_ids: list[str] = []
+    for phase in phases(todo):
+        if not phase:
+            continue
+        if cluster == "slurm" and stage_one_ids and phase[0].stage1:
+            ids = sorted({i.split("_")[0] for i in stage_one_ids})
+            ex.update_parameters(slurm_additional_parameters={"dependency": "afterok:" + ":".join(ids)})
         with ex.batch():
             pending = [(cfg, ex.submit(RunJob(spec, str(grid.results), cfg.run_path()))) for cfg in phase]
         for cfg, job in pending:
+            jobs[cfg.run_path()] = job
             records[cfg.run_path()] = {"job_id": str(job.job_id), "submitted": time.time(), "executor": executor,
                                        "log": str(folder).replace("%j", str(job.job_id))}
+            if not cfg.stage1:
+                stage_one_ids.append(str(job.job_id))
         atomic_write_json(jobs_file(grid), records)
-        if wait if wait is not None else executor != "slurm":
+        if blocking:
             for cfg, job in pending:
                 results[cfg.run_path()] = job.result()
     failed = [k for k, v in results.items() if v == "failed"]
-    return {"submitted": len(todo), "aliased": len(aliased), "failed": failed, "results": results}
+    return {"submitted": len(todo), "aliased": len(summary["aliased"]), "failed": failed, "results": results,
+            "jobs": jobs}
 
 
 def _read_jobs(grid: Grid) -> dict[str, Any]:

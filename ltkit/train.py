@@ -192,10 +192,10 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
     fwd = _maybe_compile(model, cfg, device)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"val": -1.0, "epoch": -1, "state": None}
-    start = 0
+    start, launch = 0, 1  # launch: 1 for a fresh run, +1 each time it resumes (shown in history.csv)
     last = ckpt_dir / "last.pt" if ckpt_dir else None
     if last is not None and last.exists():
-        start, history, best = _resume(last, cfg, model, opt)
+        start, history, best, launch = _resume(last, cfg, model, opt)
     gen = torch.Generator(device=device)
     bar = tqdm(range(start, cfg.epochs), desc=f"{cfg.model}/{cfg.name}/seed{cfg.seed}", disable=not progress,
                initial=start, total=cfg.epochs, unit="epoch")
@@ -240,7 +240,7 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
                                 f"({cfg.model}/{cfg.name}, lr {lr_at(cfg, epoch):g}); the run stops here")
         row: dict[str, Any] = {"epoch": epoch, "lr": lr_at(cfg, epoch), "train_loss": float(loss_sum) / max(seen, 1),
                                "train_acc": int(correct) / max(seen, 1), "images": seen,
-                               "train_seconds": train_seconds}
+                               "train_seconds": train_seconds, "launch": launch}
         if ctx.val is not None:
             vlog = ctx.predict(fwd, ctx.val)
             row["val_top1"] = _accuracy(vlog, ctx.val.labels)
@@ -256,7 +256,7 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
         if last is not None:
             atomic_torch_save(last, {"epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
                                      "history": history, "best": best, "fingerprint": cfg.fingerprint(),
-                                     "model_name": cfg.model, "rng": torch.get_rng_state()})
+                                     "model_name": cfg.model, "rng": torch.get_rng_state(), "launch": launch})
     bar.close()
     if cfg.select == "best_val" and best["state"] is not None:
         model.load_state_dict(best["state"])
@@ -278,7 +278,7 @@ def _resume(path: Path, cfg: RunConfig, model: nn.Module, opt: torch.optim.Optim
                                  f"!= {cfg.fingerprint()}); it was left untouched; delete it to start afresh")
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["opt"])
-    return ck["epoch"], ck["history"], ck["best"]
+    return ck["epoch"], ck["history"], ck["best"], ck.get("launch", 1) + 1
 
 
 def run(params: RunConfig | dict[str, Any], ckpt_dir: str | Path | None = None, progress: bool = True,

@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -123,4 +124,45 @@ def test_submitit_debug_executor_runs_grid(tmp_path):
     assert job.checkpoint().function.run_path == job.run_path
     with pytest.raises(ConfigError, match="unknown slurm option"):
         slurm_parameters(grid_from_spec(spec(tmp_path, slurm={"partion": "x"})))
+    shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(x) for x in out]
+
+
+@pytest.mark.slow
+def test_submitit_local_job_preempted_requeued_and_resumed(tmp_path):
+    """A submitit-local job gets the preemption signal mid-run: submitit's checkpoint hook requeues it
+    and the run resumes from its last epoch (history.csv's ``launch`` goes 1 -> 2, no epoch repeats)."""
+    import signal
+    import time
+
+    import pandas as pd
+
+    from ltkit.submit import jobs_file, submit_grid
+
+    s = spec(tmp_path, methods=["ce"])
+    s["base"].update(epochs=40, source_params={"num_classes": 10, "train_per_class": 300, "test_per_class": 10})
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(s))
+    g = load_grid(path)
+    res = submit_grid(g, executor="submitit-local", log_dir=tmp_path / "logs" / "%j", wait=False)
+    (run_path, job), = res["jobs"].items()
+    assert json.loads(jobs_file(g).read_text())[run_path]["executor"] == "submitit-local"
+    last = g.ckpt_dir(g.runs[0]) / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not last.exists():
+        time.sleep(0.1)
+    assert last.exists(), "the job never wrote a checkpoint"
+    tasks = _children(job._process.pid)  # the submitit controller's task = the RunJob process
+    assert tasks, "no submitit task process found"
+    os.kill(tasks[0], signal.SIGUSR2)  # what Slurm sends before preemption / the time limit
+    assert job.result() == "done"
+    hist = pd.read_csv(g.run_dir(g.runs[0]) / "history.csv")
+    assert hist["epoch"].tolist() == list(range(40))
+    assert hist["launch"].iloc[0] == 1 and hist["launch"].iloc[-1] == 2, hist["launch"].tolist()
+    prov = json.loads((g.run_dir(g.runs[0]) / "provenance.json").read_text())
+    assert prov["slurm_log"] and str(tmp_path / "logs") in prov["slurm_log"]
     shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)

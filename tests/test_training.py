@@ -51,6 +51,7 @@ def test_killed_run_resumes_bit_for_bit(tiny_cfg, tmp_path):
     assert 1 <= done_epochs < 6, "the kill should land mid-run"
     resumed = run(cfg, ckpt_dir=ckpt, progress=False, keep_model=True)
     assert same(resumed.metrics, ref.metrics)
+    assert resumed.history["launch"].tolist() == [1] * done_epochs + [2] * (6 - done_epochs)  # the resume is on record
     for (k, a), b in zip(ref.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
