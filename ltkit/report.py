@@ -62,10 +62,7 @@ def collect(root: str | Path) -> pd.DataFrame:
     if not root.exists():
         return pd.DataFrame()
     for d in _run_dirs(root):
-        rel = d.relative_to(root).parts
-        if len(rel) < 5:
-            continue
-        protocol, data_tag, model, method, seed = rel[-5:]
+        protocol, data_tag, model, method, seed = d.parts[-5:]  # root may be results/ or results/<protocol>
         row: dict[str, Any] = {"protocol": protocol, "data": data_tag, "model": model, "method": method,
                                "seed": int(seed.removeprefix("seed")), "path": str(d), "identical_to_ce": False}
         src = resolve_alias(d)
@@ -103,7 +100,11 @@ def finished(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def failed(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["status"] == "failed"][["protocol", "data", "model", "method", "seed", "error"]] if len(df) else df
+    """Runs that failed, with the error their provenance recorded (an empty frame if none)."""
+    cols = ["protocol", "data", "model", "method", "seed", "error"]
+    if not len(df):
+        return pd.DataFrame(columns=cols)
+    return df[df["status"] == "failed"].reindex(columns=cols)
 
 
 # --------------------------------------------------------------------------- tables
@@ -124,6 +125,70 @@ def mean_std_table(df: pd.DataFrame, index: list[str], metrics: dict[str, str], 
     table = pd.DataFrame(out, index=idx)
     table["seeds"] = df.groupby(index).size().loc[table.index].values
     return table
+
+
+def seed_means(df: pd.DataFrame, keys: list[str], scale: float = 100.0) -> pd.DataFrame:
+    """Mean over seeds per (data, model, method): the one number per cell the thesis tables show."""
+    return df.groupby(["data", "model", "method"])[keys].mean() * scale
+
+
+def across(df: pd.DataFrame, over: str, metrics: dict[str, str] | None = None, digits: int = 2) -> pd.DataFrame:
+    """Mean ± std *across* ``over`` ('method' or 'model') of the per-cell seed means.
+
+    ``over='method'`` gives each backbone's mean ± std across losses (thesis Table 4.10 /
+    Fig 4.1); ``over='model'`` each loss's mean ± std across backbones (Table 4.11 /
+    Fig 4.6). The std here measures how much the choice of ``over`` matters, not
+    seed noise (that is in the per-model tables).
+    """
+    metrics = metrics or CATEGORIES
+    keys = [k for k in metrics if k in df]
+    cell = seed_means(df, keys).reset_index()
+    by = ["data", "model" if over == "method" else "method"]
+    g = cell.groupby(by)[keys]
+    m, s, n = g.mean(), g.std(ddof=1), g.count()
+    out = pd.DataFrame(index=m.index)
+    for k in keys:
+        out[metrics[k]] = [f"{a:.{digits}f}" + (f" ± {b:.{digits}f}" if c > 1 and np.isfinite(b) else "")
+                           for a, b, c in zip(m[k], s[k], n[k], strict=True)]
+    out[f"n {over}s"] = n[keys[0]].to_numpy()
+    return out
+
+
+def across_values(df: pd.DataFrame, over: str, metrics: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(mean, std) frames behind :func:`across`, for plotting."""
+    metrics = metrics or CATEGORIES
+    keys = [k for k in metrics if k in df]
+    cell = seed_means(df, keys).reset_index()
+    by = ["data", "model" if over == "method" else "method"]
+    g = cell.groupby(by)[keys]
+    return g.mean().rename(columns=metrics), g.std(ddof=1).rename(columns=metrics)
+
+
+def relative_accuracy_table(df: pd.DataFrame, metrics: dict[str, str] | None = None) -> pd.DataFrame:
+    """Accuracy after long-tailed training divided by accuracy after balanced training, same backbone
+    and loss, per category (Zhang et al. 2023's relative accuracy, :func:`ltkit.metrics.relative_accuracy`).
+
+    1.0 means the imbalance cost nothing; the tail column shows where it costs most.
+    Needs both ``<dataset>_balanced`` and a long-tailed data tag of the same dataset.
+    """
+    from .metrics import relative_accuracy
+
+    metrics = metrics or CATEGORIES
+    keys = [k for k in metrics if k in df]
+    cell = seed_means(df, keys, scale=1.0).reset_index()
+    cell["dataset"] = cell["data"].str.rsplit("_", n=1).str[0]
+    bal = cell[cell["data"].str.endswith("_balanced")].set_index(["dataset", "model", "method"])
+    rows = []
+    for _, r in cell[~cell["data"].str.endswith("_balanced")].iterrows():
+        key = (r["dataset"], r["model"], r["method"])
+        if key not in bal.index:
+            continue
+        b = bal.loc[key]
+        rows.append({"data": r["data"], "model": r["model"], "method": r["method"],
+                     **{metrics[k]: relative_accuracy(r[k], b[k]) for k in keys}})
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).set_index(["data", "model", "method"]).round(3)
 
 
 def seed_summary(df: pd.DataFrame, index: list[str], key: str, scale: float = 100.0) -> pd.DataFrame:

@@ -24,7 +24,18 @@ def test_book_builds_from_fresh_demo_results(tmp_path):
     summary = run_grid(load_grid(path), stagger=0.2)
     assert len(summary["done"]) == 4 and not summary["failed"]
     shutil.rmtree(REPO / "checkpoints" / "booktest", ignore_errors=True)
-    env = {**os.environ, "LTKIT_DEMO_RESULTS": str(tmp_path / "demo")}
+    # a thesis-shaped grid (two backbones x balanced/LT x CE/BS) for the results chapter's summaries
+    thesis = {"name": "booktest-thesis", "results": str(tmp_path / "results"), "seeds": [42],
+              "base": {"protocol": "thesis", "dataset": "synthetic", "pretrained": False, "image_size": 32, "epochs": 1,
+                       "test_imb_factor": 10, "bootstrap": 20,
+                       "source_params": {"num_classes": 6, "train_per_class": 40, "test_per_class": 10}},
+              "axes": {"model": ["tiny_cnn", "resnet32"], "imb_factor": [1, 10]}, "methods": ["ce", "bs"]}
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(thesis))
+    summary = run_grid(load_grid(path), stagger=0.2, jobs=2)
+    assert len(summary["done"]) == 6 and len(summary["aliased"]) == 2 and not summary["failed"], summary
+    shutil.rmtree(REPO / "checkpoints" / "booktest-thesis", ignore_errors=True)
+    env = {**os.environ, "LTKIT_DEMO_RESULTS": str(tmp_path / "demo"), "LTKIT_RESULTS": str(tmp_path / "results")}
     jb = Path(sys.executable).parent / "jupyter-book"
     out = subprocess.run([str(jb), "build", str(REPO / "book"), "-W", "--keep-going", "--path-output",
                           str(tmp_path / "build")], env=env, capture_output=True, text=True, timeout=900)
@@ -33,3 +44,10 @@ def test_book_builds_from_fresh_demo_results(tmp_path):
     out = html.split('class="cell_output', 1)[1]  # outputs only, not the code that prints the empty-state hint
     assert "No demo runs yet" not in out
     assert 'class="dataframe' in out and "<img" in out and ">bs<" in out  # table and figure made it
+    res = (tmp_path / "build" / "_build" / "html" / "results.html").read_text().split('class="cell_output', 1)[1]
+    assert "No thesis-grid runs" not in res
+    for model in ("tiny_cnn", "resnet32"):
+        assert f">{model}<" in res  # per-model tables and the across-losses table
+    assert "n models" in res and "n methods" in res  # Table 4.11 and 4.10 analogues
+    assert res.count("<img") >= 4 + 2 + 2  # per-model plots, backbone and loss summaries
+    assert "synthetic_exp10" in res.split("What the imbalance costs", 1)[1]  # relative accuracy rows

@@ -1,0 +1,56 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from ltkit import report
+
+
+def frame():
+    """Two backbones x two losses x balanced/LT training x two seeds, with known accuracies."""
+    rows = []
+    for data, drop in (("c_balanced", 0.0), ("c_exp100", 0.2)):
+        for model, base in (("a", 0.8), ("b", 0.6)):
+            for method, bonus in (("ce", 0.0), ("bs", 0.1)):
+                for seed, noise in ((0, -0.01), (1, 0.01)):
+                    v = base + (bonus if data != "c_balanced" else 0.0) - drop + noise
+                    rows.append({"data": data, "model": model, "method": method, "seed": seed,
+                                 "balanced.top1": v, "lt.tail": v / 2})
+    return pd.DataFrame(rows)
+
+
+def test_across_losses_and_across_models():
+    df = frame()
+    keys = {"balanced.top1": "Balanced"}
+    m, s = report.across_values(df, over="method", metrics=keys)
+    # backbone a on LT: losses at 0.6 and 0.7 (seed noise cancels) -> mean 65, std of (60, 70)
+    assert m.loc[("c_exp100", "a"), "Balanced"] == pytest.approx(65.0)
+    assert s.loc[("c_exp100", "a"), "Balanced"] == pytest.approx(np.std([60, 70], ddof=1))
+    m, s = report.across_values(df, over="model", metrics=keys)
+    assert m.loc[("c_exp100", "bs"), "Balanced"] == pytest.approx(60.0)  # (0.7 + 0.5) / 2
+    t = report.across(df, over="model", metrics=keys)
+    assert t.loc[("c_balanced", "ce"), "Balanced"] == f"70.00 ± {np.std([80, 60], ddof=1):.2f}"
+    assert t["n models"].tolist() == [2, 2, 2, 2]
+
+
+def test_relative_accuracy_divides_lt_by_balanced_training():
+    rel = report.relative_accuracy_table(frame(), {"balanced.top1": "Balanced", "lt.tail": "Tail"})
+    assert rel.loc[("c_exp100", "a", "ce"), "Balanced"] == pytest.approx(0.6 / 0.8, abs=1e-3)
+    assert rel.loc[("c_exp100", "b", "bs"), "Tail"] == pytest.approx(0.5 / 0.6, abs=1e-3)
+    assert len(rel) == 4  # LT rows only
+    assert report.relative_accuracy_table(frame().query("data != 'c_balanced'")).empty
+
+
+def test_collect_reads_any_root_and_follows_aliases(tmp_path):
+    from ltkit.config import make_config
+    from ltkit.results import write_alias
+
+    run = tmp_path / "res" / "thesis" / "x_balanced" / "m" / "ce" / "seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text('{"balanced.top1": 0.5, "selected_epoch": 0, "epochs": 1}')
+    cfg = make_config(dict(protocol="thesis", dataset="synthetic", model="tiny_cnn", loss="bs", seed=0))
+    write_alias(tmp_path / "res" / "thesis" / "x_balanced" / "m" / "bs" / "seed0", cfg,
+                "thesis/x_balanced/m/ce/seed0", "test")
+    for root in (tmp_path / "res", tmp_path / "res" / "thesis"):
+        df = report.collect(root).set_index("method")
+        assert df.loc["bs", "status"] == "alias" and df.loc["bs", "balanced.top1"] == 0.5
+        assert df.loc["ce", "protocol"] == "thesis" and df.loc["ce", "data"] == "x_balanced"
