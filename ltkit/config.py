@@ -188,7 +188,7 @@ def make_config(params: dict[str, Any] | None = None, **overrides: Any) -> RunCo
         raise _bad("milestones", d["milestones"], "a list of epoch numbers (integers >= 0) or null")
     if d["label"] is not None and (not isinstance(d["label"], str) or not d["label"].replace("_", "").isalnum()):
         raise _bad("label", d["label"], "letters, digits and underscores")
-    if d["loss"] in STAGE2.names() and not d["stage1"]:
+    if d["loss"] in STAGE2.names() and STAGE2.info(d["loss"]).get("needs_stage1", True) and not d["stage1"]:
         raise ConfigError(f"stage-two method {d['loss']!r} needs 'stage1': the label of the run it starts from")
 
     defaults = PROTOCOL_DEFAULTS[d["protocol"]]

@@ -105,6 +105,30 @@ class LTDataset:
         return out
 
 
+def restrict_classes(ds: LTDataset, keep: np.ndarray) -> LTDataset:
+    """The dataset seen by a model of only the classes ``keep`` (labels renumbered 0..len(keep)-1).
+
+    Used by the two-expert method: each expert trains and is validated on its own
+    classes only. Splits that keep no image of these classes become empty.
+    """
+    keep = np.asarray(keep, dtype=np.int64)
+    remap = np.full(ds.num_classes, -1, dtype=np.int64)
+    remap[keep] = np.arange(len(keep))
+
+    def cut(split: Split | None) -> Split | None:
+        if split is None:
+            return None
+        lab = split.labels.numpy()
+        sel = np.flatnonzero(remap[lab] >= 0)
+        return Split(split.images[torch.from_numpy(sel)], torch.from_numpy(remap[lab[sel]]))
+
+    val = cut(ds.val)
+    return LTDataset(name=ds.name, protocol=ds.protocol, classes=[ds.classes[i] for i in keep], train=cut(ds.train),
+                     val=val if val is not None and len(val) else None,
+                     tests={k: cut(v) for k, v in ds.tests.items()}, train_counts=ds.train_counts[keep],
+                     mean=ds.mean, std=ds.std, meta={**ds.meta, "classes_of_parent": keep.tolist()})
+
+
 # --------------------------------------------------------------------------- counts and groups
 
 

@@ -3,7 +3,9 @@
 * ``la_posthoc``: post-hoc logit adjustment, z_j - tau * log pi_j (Menon et al. 2021, Eq. 8);
 * ``tau_norm``: classifier weights w_j / ||w_j||^tau (Kang et al. 2020, Eq. 5);
 * ``crt``: classifier re-training on frozen features with class-balanced sampling (Kang et al. 2020);
-* ``lws``: learnable weight scaling, logits_j = f_j * (w_j . x + b_j), only f trained (Kang et al. 2020).
+* ``lws``: learnable weight scaling, logits_j = f_j * (w_j . x + b_j), only f trained (Kang et al. 2020);
+* ``two_expert``: one model for the frequent half of the classes and one for the rare half, combined by
+  standardised logits (the sibling report's head/tail split); needs no stage one, costs two trainings.
 
 tau (for ``la_posthoc`` and ``tau_norm``) is chosen on the validation split by
 balanced accuracy; the test split is only read for the final evaluation.
@@ -192,3 +194,72 @@ def lws(ctx, ckpt_dir: Path | None, lr: float = 0.1):
     hist = _train_head(ctx, feats, ctx.train.labels, head, [scale], ctx.cfg.stage2_epochs, lr)
     set_classifier(model, ctx.cfg.model, head)
     return model.eval(), hist, {"scales": scale.detach().cpu().numpy().round(4).tolist()}
+
+
+# --------------------------------------------------------------------------- two experts
+
+
+def frequency_halves(counts: np.ndarray, head_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """(head classes, tail classes): the ``head_fraction`` most frequent classes and the rest.
+
+    Ties are broken by class index, so the split is deterministic.
+    """
+    if not 0 < head_fraction < 1:
+        raise ValueError(f"bad value for 'head_fraction': {head_fraction} (accepted: a number in (0, 1))")
+    order = np.lexsort((np.arange(len(counts)), -np.asarray(counts)))
+    n_head = min(max(1, int(round(head_fraction * len(counts)))), len(counts) - 1)
+    return np.sort(order[:n_head]), np.sort(order[n_head:])
+
+
+def standardise(logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample z-score of one expert's logits, so two experts' scores share a scale."""
+    return (logits - logits.mean(1, keepdim=True)) / logits.std(1, keepdim=True).clamp_min(1e-6)
+
+
+class TwoExpert(nn.Module):
+    """Two models over disjoint class sets; each one's logits are standardised per sample and
+    written into the full class vector, so the arg-max picks the more confident expert."""
+
+    def __init__(self, experts: list[nn.Module], classes: list[np.ndarray], num_classes: int) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(experts)
+        for i, c in enumerate(classes):
+            self.register_buffer(f"classes{i}", torch.as_tensor(c, dtype=torch.long))
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.new_full((x.shape[0], self.num_classes), float("-inf"), dtype=torch.float32)
+        for i, expert in enumerate(self.experts):
+            out[:, getattr(self, f"classes{i}")] = standardise(expert(x).float())
+        return out
+
+
+@STAGE2.register("two_expert", needs_stage1=False)
+def two_expert(ctx, ckpt_dir: Path | None, head_fraction: float = 0.5):
+    """Train a head expert and a tail expert (softmax CE each, same recipe as a stage-one run) and
+    combine them. Within each half the imbalance factor is roughly the square root of the whole's,
+    which is the idea; the price is two trainings, recorded in the run's metrics."""
+    from .config import make_config
+    from .data import restrict_classes
+    from .train import build_model, make_context, train_model
+
+    cfg = ctx.cfg
+    halves = frequency_halves(ctx.ds.train_counts, head_fraction)
+    experts, histories = [], []
+    for name, keep in zip(("head", "tail"), halves, strict=True):
+        expert_cfg = make_config({**cfg.to_dict(), "loss": "ce", "label": f"{cfg.name}_{name}", "loss_params": {},
+                                  "stage1": None})
+        sub = restrict_classes(ctx.ds, keep)
+        sub_ctx = make_context(expert_cfg, sub, ctx.device)
+        model = build_model(expert_cfg, sub.num_classes).to(ctx.device)
+        hist = train_model(sub_ctx, model, None if ckpt_dir is None else ckpt_dir / name, progress=True)
+        experts.append(model.eval())
+        # an expert's validation / test accuracy is over its own classes only: keep it, under a name
+        # that the run-level metrics (selected validation, best epoch on test) do not read
+        hist = hist.rename(columns={c: f"expert_{c}" for c in ("val_top1", "val_balanced_acc", "test_top1")})
+        histories.append(hist.assign(expert=name))
+    history = pd.concat(histories, ignore_index=True)
+    history.attrs["selected_epoch"] = len(history) - 1
+    combined = TwoExpert(experts, list(halves), ctx.ds.num_classes).to(ctx.device).eval()
+    return combined, history, {"trainings": 2, "head_classes": halves[0].tolist(),
+                               "selected_epochs": [int(h.attrs.get("selected_epoch", -1)) for h in histories]}

@@ -302,8 +302,12 @@ def run(params: RunConfig | dict[str, Any], ckpt_dir: str | Path | None = None, 
             atomic_torch_save(ckpt / "final.pt", {"model": model.state_dict(), "model_name": cfg.model,
                                                   "fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})
     logit_fn = extra.pop("logit_fn", None)
+    trainings = extra.pop("trainings", 0 if cfg.loss in STAGE2 else 1)
     result = evaluate_model(ctx, model, history, logit_fn)
     result.extra.update(extra)
+    # cost, beside the accuracy: full trainings this run did (a stage-two method reuses its stage one)
+    result.metrics["trainings"] = int(trainings)
+    result.metrics["train_seconds"] = float(result.extra.get("train_seconds_total", 0.0))
     if keep_model:
         result.model = model
     return result

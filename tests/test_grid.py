@@ -166,3 +166,23 @@ def test_submitit_local_job_preempted_requeued_and_resumed(tmp_path):
     prov = json.loads((g.run_dir(g.runs[0]) / "provenance.json").read_text())
     assert prov["slurm_log"] and str(tmp_path / "logs") in prov["slurm_log"]
     shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cao2019-cifar100-if100", "cao2019-cifar100-if50", "cao2019-cifar100-if10",
+                                  "cao2019-cifar10-if100"])
+def test_shipped_cao2019_grid_runs_end_to_end_tiny(name, tmp_path):
+    """Every method of a shipped grid, seed 0, through papermill on tiny synthetic data (CPU, seconds per run)."""
+    tiny = {"dataset": "synthetic", "model": "tiny_cnn", "epochs": 2, "bootstrap": 10, "stage2_epochs": 1,
+            "source_params": {"num_classes": 10, "train_per_class": 200, "test_per_class": 5}}
+    g = load_grid(REPO / "configs" / f"{name}.yaml", overrides=tiny, results=tmp_path / "results")
+    g.name = f"{name}-tiny-{abs(hash(str(tmp_path))) % 10**6}"
+    g.runs = [r for r in g.runs if r.seed == 0]
+    try:
+        summary = run_grid(g, jobs=2, stagger=0.2)
+    finally:
+        shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
+    assert not summary["failed"], summary["failed"]
+    df = collect(g.results)
+    assert set(df["status"]) <= {"done", "alias"} and len(df) == len(g.runs)
+    assert df.set_index("method").loc["two_expert", "trainings"] == 2

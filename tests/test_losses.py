@@ -89,3 +89,66 @@ def test_drw_switches_weights():
 def test_unknown_loss_lists_valid():
     with pytest.raises(ValueError, match="accepted: .*bs.*ce"):
         create_loss("softmaxx", LT)
+
+
+# --------------------------------------------------------------------------- two experts
+
+
+def test_frequency_halves_split_by_count():
+    from ltkit.methods import frequency_halves
+
+    counts = np.array([5, 50, 7, 300, 20, 1])
+    head, tail = frequency_halves(counts)
+    assert set(head) | set(tail) == set(range(6)) and not set(head) & set(tail)
+    assert counts[head].min() >= counts[tail].max()
+    assert head.tolist() == [1, 3, 4]
+    with pytest.raises(ValueError, match="head_fraction.*accepted"):
+        frequency_halves(counts, 1.5)
+
+
+def test_restrict_classes_renumbers_labels_and_counts():
+    from ltkit.data import load_dataset, restrict_classes
+
+    ds = load_dataset("synthetic", "cao2019", imb_factor=10, source_kwargs={"num_classes": 6, "train_per_class": 40,
+                                                                            "test_per_class": 5})
+    sub = restrict_classes(ds, np.array([3, 4, 5]))
+    assert sub.num_classes == 3 and sub.classes == ds.classes[3:]
+    assert sub.train_counts.tolist() == ds.train_counts[3:].tolist()
+    assert np.bincount(sub.train.labels.numpy(), minlength=3).tolist() == ds.train_counts[3:].tolist()
+    assert len(sub.tests["balanced"]) == 15 and sub.tests["balanced"].labels.max() == 2
+
+
+def test_two_expert_combines_standardised_logits():
+    from ltkit.methods import TwoExpert, standardise
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, out):
+            super().__init__()
+            self.out = torch.tensor(out)
+
+        def forward(self, x):
+            return self.out.expand(len(x), -1)
+
+    # head expert: scores (10, 0) -> confident; tail expert: (2, 1, 0) but scaled x100 (scale must not matter)
+    m = TwoExpert([Fixed([10.0, 0.0]), Fixed([200.0, 100.0, 0.0])], [np.array([0, 2]), np.array([1, 3, 4])], 5)
+    z = m(torch.zeros(4, 3, 8, 8))
+    assert z.shape == (4, 5)
+    torch.testing.assert_close(z[:, [0, 2]], standardise(torch.tensor([[10.0, 0.0]])).expand(4, -1))
+    torch.testing.assert_close(z[:, [1, 3, 4]], standardise(torch.tensor([[2.0, 1.0, 0.0]])).expand(4, -1))
+    assert z[:, [0, 2]].std(1).allclose(torch.ones(4)) and z[:, [1, 3, 4]].mean(1).abs().max() < 1e-6
+    assert (z.argmax(1) == 1).all()  # tail class 1 (z = 1.0) beats head class 0 (z = 0.71)
+
+
+def test_two_expert_run_trains_two_resumable_experts(tmp_path):
+    from ltkit.train import run
+
+    cfg = dict(protocol="cao2019", dataset="synthetic", model="tiny_cnn", loss="two_expert", epochs=2, bootstrap=20,
+               imb_factor=20, source_params={"num_classes": 6, "train_per_class": 60, "test_per_class": 10})
+    r = run(cfg, ckpt_dir=tmp_path, progress=False)
+    assert r.metrics["trainings"] == 2 and r.metrics["train_seconds"] > 0
+    assert r.history.groupby("expert").size().to_dict() == {"head": 2, "tail": 2}
+    assert (tmp_path / "head" / "last.pt").exists() and (tmp_path / "tail" / "last.pt").exists()
+    assert "balanced.top1_best_epoch_on_test" not in r.metrics  # the experts' own-class test numbers are not the run's
+    assert r.extra["head_classes"] == [0, 1, 2]
+    again = run(cfg, ckpt_dir=tmp_path, progress=False)  # both experts resume from their finished checkpoints
+    assert again.metrics["balanced.top1"] == r.metrics["balanced.top1"]
