@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -24,6 +25,8 @@ PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
                     lr_decay=0.01, warmup_frac=0.025, image_size=32, select="last", pretrained=False,
                     track_test=True, drw_frac=0.8),
 }
+# One's own folder data (ltkit.folder): fine-tune as the thesis does, on the data's own imbalance.
+PROTOCOL_DEFAULTS["natural"] = dict(PROTOCOL_DEFAULTS["thesis"])
 OPTIMIZERS = ("adam", "sgd")
 SELECT = ("best_val", "last")
 DEVICES = ("auto", "cpu", "cuda")
@@ -79,6 +82,9 @@ class RunConfig:
         return self.label or self.loss
 
     def data_tag(self) -> str:
+        if self.protocol == "natural":  # the data's own imbalance: name it after its folder
+            name = Path(self.data_root).name if self.data_root and self.dataset == "folder" else self.dataset
+            return f"{name}_natural"
         if self.imb_factor == 1:
             return f"{self.dataset}_balanced"
         return f"{self.dataset}_{self.imb_type}{self.imb_factor:g}"

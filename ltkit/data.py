@@ -4,9 +4,9 @@ Two layers:
 
 * a *source* gives the raw, balanced pool of a dataset: uint8 train/test images
   (N, H, W, 3) with labels and class names (``SOURCES`` registry: ``cifar100``,
-  ``cifar10``, ``synthetic``, ``folder``);
+  ``cifar10``, ``synthetic``, and ``folder`` for one's own images, in :mod:`ltkit.folder`);
 * a *protocol* cuts that pool into the splits of a study (``PROTOCOLS``
-  registry: ``thesis``, ``cao2019``).
+  registry: ``thesis``, ``cao2019``, and ``natural`` for data whose imbalance is its own).
 
 Both CIFAR sources read either the npz pair of the offline copy (checked
 against its ``SHA256SUMS``) or torchvision's download. The splits only depend
@@ -505,3 +505,6 @@ def warn_skipped(paths: list[str]) -> None:
     if paths:
         warnings.warn(f"skipped {len(paths)} unreadable image(s): {', '.join(paths[:10])}"
                       + (" ..." if len(paths) > 10 else ""), stacklevel=2)
+
+
+from . import folder as _folder  # noqa: E402,F401  (registers the ``folder`` source and ``natural`` protocol)

@@ -123,3 +123,75 @@ def test_posthoc_and_tau_norm_identities():
 def test_config_errors_name_value_and_accepted(bad, match):
     with pytest.raises(ConfigError, match=match):
         make_config({"protocol": "cao2019", "dataset": "synthetic", "model": "tiny_cnn", **bad})
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("sqrt", lambda n: np.sqrt(n) / np.sqrt(n).sum()),  # p_j ∝ n_j^(1/2)
+    ("instance", lambda n: n / n.sum()),
+])
+def test_power_samplers_follow_their_exponent(name, expected):
+    counts = np.array([1000, 300, 100, 30, 10])
+    labels = np.repeat(np.arange(5), counts)
+    draws = np.concatenate([epoch_indices(name, labels, counts, e, 10, 0) for e in range(10)])
+    freq = np.bincount(labels[draws], minlength=5) / len(draws)
+    assert np.abs(freq - expected(counts)).max() < 0.01
+
+
+def test_progressive_sampler_moves_from_instance_to_class_balanced():
+    counts = np.array([1000, 300, 100, 30, 10])
+    labels = np.repeat(np.arange(5), counts)
+
+    def freq(epoch):
+        draws = np.concatenate([epoch_indices("progressive", labels, counts, epoch, 11, s) for s in range(5)])
+        return np.bincount(labels[draws], minlength=5) / len(draws)
+
+    assert np.abs(freq(0) - counts / counts.sum()).max() < 0.01
+    assert np.abs(freq(5) - (0.5 * counts / counts.sum() + 0.5 * 0.2)).max() < 0.01
+    assert np.abs(freq(10) - 0.2).max() < 0.01
+
+
+def test_oversampling_tops_every_class_up_to_the_largest():
+    counts = np.array([50, 20, 3])
+    labels = np.repeat(np.arange(3), counts)
+    idx = epoch_indices("oversample", labels, counts, 0, 1, 0)
+    assert np.bincount(labels[idx]).tolist() == [50, 50, 50]
+    assert set(idx[labels[idx] == 0]) == set(np.flatnonzero(labels == 0))  # the head is not sub-sampled
+
+
+def _stage_one(tiny_cfg, tmp_path):
+    from ltkit.models import get_classifier
+
+    cfg = {**tiny_cfg, "epochs": 2}
+    ref = run(cfg, ckpt_dir=tmp_path / "ce" / "seed0", progress=False, keep_model=True)
+    return cfg, ref.model, get_classifier(ref.model, "tiny_cnn")
+
+
+def test_crt_keeps_the_backbone_and_retrains_only_the_classifier(tiny_cfg, tmp_path):
+    from ltkit.models import get_classifier
+
+    cfg, stage1, clf1 = _stage_one(tiny_cfg, tmp_path)
+    r = run({**cfg, "loss": "crt", "stage1": "ce", "stage2_epochs": 2}, ckpt_dir=tmp_path / "crt" / "seed0",
+            progress=False, keep_model=True)
+    clf2 = get_classifier(r.model, "tiny_cnn")
+    s1, s2 = stage1.state_dict(), r.model.state_dict()
+    from ltkit.models import MODELS
+
+    prefix = MODELS.info("tiny_cnn")["classifier"] + "."
+    backbone = [k for k in s1 if not k.startswith(prefix)]
+    assert backbone and all(torch.equal(s1[k], s2[k]) for k in backbone)
+    assert not torch.equal(clf1.weight, clf2.weight)
+    assert r.metrics["trainings"] == 0  # it reuses the stage-one training
+
+
+def test_lws_learns_only_one_scale_per_class(tiny_cfg, tmp_path):
+    from ltkit.models import get_classifier
+
+    cfg, stage1, clf1 = _stage_one(tiny_cfg, tmp_path)
+    r = run({**cfg, "loss": "lws", "stage1": "ce", "stage2_epochs": 2}, ckpt_dir=tmp_path / "lws" / "seed0",
+            progress=False, keep_model=True)
+    head = get_classifier(r.model, "tiny_cnn")
+    assert torch.equal(head.clf.weight, clf1.weight) and torch.equal(head.clf.bias, clf1.bias)  # frozen
+    scales = torch.tensor(r.extra["scales"])
+    assert scales.shape == (clf1.out_features,) and not torch.allclose(scales, torch.ones_like(scales))
+    x = torch.randn(3, clf1.in_features)
+    torch.testing.assert_close(head(x), clf1(x) * head.scale)  # logits_j = f_j (w_j . x + b_j)
