@@ -42,6 +42,7 @@ bench: setup
 	$(PY) benchmarks/throughput.py
 
 book: setup
+	@$(VENV)/bin/python -c "from ltkit.report import refresh_book_cache as r; r() and print('results changed: book pages re-execute')"
 	$(VENV)/bin/jupyter-book build book
 	@echo "open book/_build/html/index.html"
 

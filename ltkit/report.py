@@ -112,15 +112,26 @@ def failed(df: pd.DataFrame) -> pd.DataFrame:
 
 def mean_std_table(df: pd.DataFrame, index: list[str], metrics: dict[str, str], scale: float = 100.0,
                    digits: int = 2) -> pd.DataFrame:
-    """'mean ± std (n)' strings per group over seeds; std is omitted for a single seed."""
+    """'mean ± std' over seeds per group; for a single seed, 'value [low, high]' with the run's own
+    95% bootstrap interval over its test images (``<key>_ci_low/high`` in metrics.json), so a
+    one-seed table still shows how wide a 38-image tail column is."""
     out = {}
     for key, name in metrics.items():
         if key not in df:
             continue
         g = df.groupby(index)[key]
         m, s, n = g.mean() * scale, g.std(ddof=1) * scale, g.count()
-        out[name] = [f"{a:.{digits}f}" + (f" ± {b:.{digits}f}" if c > 1 and np.isfinite(b) else "")
-                     for a, b, c in zip(m, s, n, strict=True)]
+        lo = df.groupby(index)[f"{key}_ci_low"].first() * scale if f"{key}_ci_low" in df else None
+        hi = df.groupby(index)[f"{key}_ci_high"].first() * scale if f"{key}_ci_high" in df else None
+        cells = []
+        for grp, a, b, c in zip(m.index, m, s, n, strict=True):
+            if c > 1 and np.isfinite(b):
+                cells.append(f"{a:.{digits}f} ± {b:.{digits}f}")
+            elif lo is not None and hi is not None and np.isfinite(lo.loc[grp]) and np.isfinite(hi.loc[grp]):
+                cells.append(f"{a:.{digits}f} [{lo.loc[grp]:.{max(digits - 1, 0)}f}, {hi.loc[grp]:.{max(digits - 1, 0)}f}]")
+            else:
+                cells.append(f"{a:.{digits}f}")
+        out[name] = cells
         idx = m.index
     table = pd.DataFrame(out, index=idx)
     table["seeds"] = df.groupby(index).size().loc[table.index].values
@@ -329,3 +340,34 @@ def grouped_bars(table: pd.DataFrame, err: pd.DataFrame | None = None, ax=None, 
 def published(name: str) -> pd.DataFrame:
     """A published reference table shipped in ``book/data/`` (copied from ../shared/reference with its source)."""
     return pd.read_csv(REPO / "book" / "data" / name)
+
+
+def refresh_book_cache(build_dir: str | Path | None = None, roots: list[str | Path] | None = None) -> bool:
+    """Drop the book's execution cache when anything under ``results/`` (or the benchmark figures)
+    changed since the last build.
+
+    jupyter-book's cache is keyed on a page's code, and Sphinx re-reads only pages
+    whose source changed, so without this a rebuilt book would show the tables of
+    the previous results.
+    Returns True when the cache was dropped.
+    """
+    import hashlib
+    import shutil
+
+    build = Path(build_dir or REPO / "book" / "_build")
+    roots = [Path(r) for r in (roots or [results_root(), REPO / "benchmarks" / "results"])]
+    extra = [os.environ.get(k, "") for k in ("LTKIT_RESULTS", "LTKIT_DEMO_RESULTS")]
+    h = hashlib.sha256("\n".join(extra).encode())
+    for root in roots:
+        for f in sorted(root.rglob("*")) if root.exists() else []:
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    stamp, digest = build / ".results-stamp", h.hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return False
+    for stale in (".jupyter_cache", ".doctrees", "jupyter_execute"):  # Sphinx skips unchanged pages too
+        shutil.rmtree(build / stale, ignore_errors=True)
+    build.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest)
+    return True

@@ -186,3 +186,43 @@ def test_shipped_cao2019_grid_runs_end_to_end_tiny(name, tmp_path):
     df = collect(g.results)
     assert set(df["status"]) <= {"done", "alias"} and len(df) == len(g.runs)
     assert df.set_index("method").loc["two_expert", "trainings"] == 2
+
+
+def test_slurm_submission_writes_the_sbatch_array_and_chains_stage_two(tmp_path, monkeypatch):
+    """A fake ``sbatch`` on PATH records what submitit would hand to Slurm: one array per phase,
+    the grid's partition / GPUs / time / parallelism, and stage two ``afterok`` on stage one."""
+    from ltkit.submit import jobs_file, submit_grid
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "sbatch.log"
+    counter = tmp_path / "n"
+    counter.write_text("100")
+    (bin_dir / "sbatch").write_text(f"""#!/bin/sh
+n=$(cat {counter}); echo $((n + 1)) > {counter}
+echo "=== $@" >> {log}; cat "$1" >> {log}
+echo "Submitted batch job $n"
+""")
+    (bin_dir / "sbatch").chmod(0o755)
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")  # submitit only checks that it exists
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    s = spec(tmp_path, methods=["ce", "bs", {"label": "la_posthoc", "loss": "la_posthoc", "stage1": "ce"}],
+             seeds=[0, 1], slurm={"partition": "gpu", "timeout_min": 90, "array_parallelism": 3, "mem_gb": 20})
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(s))
+    g = load_grid(path)
+    res = submit_grid(g, executor="slurm", log_dir=tmp_path / "logs" / "%j")
+    assert res["submitted"] == 6 and not res["results"]  # slurm: submit and return
+    text = log.read_text()
+    import re
+
+    first, second = re.split(r"^=== ", text, flags=re.M)[1:]
+    for sb in (first, second):
+        assert "#SBATCH --partition=gpu" in sb and "#SBATCH --gpus-per-node=1" in sb
+        assert "#SBATCH --time=90" in sb and "#SBATCH --mem=20GB" in sb
+    assert "#SBATCH --array=0-3%3" in first and "dependency" not in first  # 4 stage-one runs
+    assert "#SBATCH --array=0-1%2" in second and "#SBATCH --dependency=afterok:100" in second
+    records = json.loads(jobs_file(g).read_text())
+    assert {r["job_id"] for r in records.values()} == {"100_0", "100_1", "100_2", "100_3", "101_0", "101_1"}
+    shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)

@@ -54,3 +54,25 @@ def test_collect_reads_any_root_and_follows_aliases(tmp_path):
         df = report.collect(root).set_index("method")
         assert df.loc["bs", "status"] == "alias" and df.loc["bs", "balanced.top1"] == 0.5
         assert df.loc["ce", "protocol"] == "thesis" and df.loc["ce", "data"] == "x_balanced"
+
+
+def test_mean_std_table_shows_seed_std_or_the_single_runs_bootstrap_interval():
+    df = pd.DataFrame({"method": ["ce", "ce", "bs"], "seed": [0, 1, 0], "lt.tail": [0.5, 0.6, 0.4],
+                       "lt.tail_ci_low": [0.3, 0.4, 0.25], "lt.tail_ci_high": [0.7, 0.8, 0.55]})
+    t = report.mean_std_table(df, ["method"], {"lt.tail": "Tail"})
+    assert t.loc["ce", "Tail"] == f"55.00 ± {np.std([50, 60], ddof=1):.2f}" and t.loc["ce", "seeds"] == 2
+    assert t.loc["bs", "Tail"] == "40.00 [25.0, 55.0]" and t.loc["bs", "seeds"] == 1
+
+
+def test_book_cache_is_dropped_when_results_change(tmp_path):
+    build, res = tmp_path / "_build", tmp_path / "results"
+    (build / ".jupyter_cache").mkdir(parents=True)
+    (build / ".doctrees").mkdir()
+    res.mkdir()
+    (res / "metrics.json").write_text("{}")
+    assert report.refresh_book_cache(build, [res]) is True
+    assert not (build / ".jupyter_cache").exists() and not (build / ".doctrees").exists()
+    (build / ".jupyter_cache").mkdir()
+    assert report.refresh_book_cache(build, [res]) is False and (build / ".jupyter_cache").exists()
+    (res / "metrics.json").write_text('{"balanced.top1": 0.5}')  # a re-run result
+    assert report.refresh_book_cache(build, [res]) is True and not (build / ".jupyter_cache").exists()
