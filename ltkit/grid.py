@@ -190,14 +190,25 @@ def notebook_parameters(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
             "smoke": False, "show_progress": True}
 
 
-def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, log: Callable[[str], None] = print) -> str:
-    """Execute one run's notebook with papermill; returns 'done', 'failed' or 'skipped' (locked)."""
+def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, log: Callable[[str], None] = print,
+                force: bool = False) -> str:
+    """Execute one run's notebook with papermill; returns 'done', 'failed' or 'skipped'.
+
+    'skipped': another process holds the run's lock, or finished it between this
+    process's plan and now (checked again under the lock, so two ``ltkit grid run``
+    on one results folder never train a run twice).
+    """
     import json
 
     run_dir, ckpt = grid.run_dir(cfg), grid.ckpt_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         with run_lock(ckpt / ".lock"):
+            if not force and run_status(run_dir) == "done":
+                log(f"skip {cfg.run_path()}: finished by another process meanwhile")
+                return "skipped"
+            if force:
+                _set_aside(run_dir, ckpt)
             params_file = ckpt / "parameters.yaml"
             atomic_write_text(params_file, yaml.safe_dump(notebook_parameters(grid, cfg)))
             out_nb = run_dir / "train.ipynb"
@@ -218,6 +229,14 @@ def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, l
     except LockHeld:
         log(f"skip {cfg.run_path()}: another process is running it")
         return "skipped"
+
+
+def _set_aside(run_dir: Path, ckpt: Path) -> None:
+    """--force: train afresh. The old metrics and checkpoints are renamed ``*.replaced``, not
+    deleted, and a preempted forced run then resumes from its *new* checkpoint."""
+    for f in (run_dir / "metrics.json", ckpt / "last.pt", ckpt / "final.pt"):
+        if f.exists():
+            os.replace(f, f.with_name(f.name + ".replaced"))
 
 
 def gpu_slots(runs_per_gpu: int | str = "auto", jobs: int | None = None) -> list[str | None]:
@@ -282,7 +301,7 @@ def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | N
             slot = free.pop()
         try:
             env = {"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {}
-            return cfg, execute_run(grid, cfg, env, log)
+            return cfg, execute_run(grid, cfg, env, log, force=force)
         finally:
             with lock:
                 free.append(slot)

@@ -28,8 +28,8 @@ SLURM_DEFAULTS = {"gpus_per_node": 1, "timeout_min": 240, "mem_gb": 32, "cpus_pe
 class RunJob:
     """A picklable job: execute one run of a grid; requeue itself on preemption."""
 
-    def __init__(self, spec: dict, results: str, run_path: str) -> None:
-        self.spec, self.results, self.run_path = spec, results, run_path
+    def __init__(self, spec: dict, results: str, run_path: str, force: bool = False) -> None:
+        self.spec, self.results, self.run_path, self.force = spec, results, run_path, force
 
     def _grid_and_cfg(self):
         grid = grid_from_spec(self.spec, results=self.results)
@@ -49,12 +49,13 @@ class RunJob:
         except Exception:  # noqa: BLE001 - not inside a submitit job (plain or debug call)
             pass
         env.setdefault("LTKIT_SLURM_LOG", os.environ.get("LTKIT_SLURM_LOG", ""))
-        return execute_run(grid, cfg, env)
+        return execute_run(grid, cfg, env, force=self.force)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """submitit calls this on preemption/timeout: requeue; the run resumes from its last epoch."""
         import submitit
 
+        # the requeued job must not re-run from scratch what it was resuming: force is off
         return submitit.helpers.DelayedSubmission(RunJob(self.spec, self.results, self.run_path))
 
 
@@ -114,7 +115,7 @@ def submit_grid(grid: Grid, executor: str = "slurm", force: bool = False, dedupe
             ids = sorted({i.split("_")[0] for i in stage_one_ids})
             ex.update_parameters(slurm_additional_parameters={"dependency": "afterok:" + ":".join(ids)})
         with ex.batch():
-            pending = [(cfg, ex.submit(RunJob(spec, str(grid.results), cfg.run_path()))) for cfg in phase]
+            pending = [(cfg, ex.submit(RunJob(spec, str(grid.results), cfg.run_path(), force))) for cfg in phase]
         for cfg, job in pending:
             jobs[cfg.run_path()] = job
             records[cfg.run_path()] = {"job_id": str(job.job_id), "submitted": time.time(), "executor": executor,

@@ -226,3 +226,52 @@ echo "Submitted batch job $n"
     records = json.loads(jobs_file(g).read_text())
     assert {r["job_id"] for r in records.values()} == {"100_0", "100_1", "100_2", "100_3", "101_0", "101_1"}
     shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_force_trains_afresh_and_keeps_the_old_result_aside(tmp_path):
+    s = spec(tmp_path, methods=["ce"])
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(s))
+    g = load_grid(path)
+    run_dir = g.run_dir(g.runs[0])
+    try:
+        assert run_grid(g, stagger=0)["done"]
+        first = (run_dir / "metrics.json").read_text()
+        summary = run_grid(g, force=True, stagger=0)
+        assert summary["done"] == [g.runs[0].run_path()]
+        assert (run_dir / "metrics.json.replaced").read_text() == first
+        assert (g.ckpt_dir(g.runs[0]) / "last.pt.replaced").exists()
+        # trained again from epoch 0 (launch 1), not resumed from the finished checkpoint
+        import pandas as pd
+
+        assert pd.read_csv(run_dir / "history.csv")["launch"].tolist() == [1]
+        assert json.loads((run_dir / "metrics.json").read_text())["balanced.top1"] == json.loads(first)["balanced.top1"]
+    finally:
+        shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_grid_commands_on_one_results_folder_train_each_run_once(tmp_path):
+    import pandas as pd
+
+    s = spec(tmp_path, methods=["ce", "focal", "ldam", {"label": "focal2", "loss": "focal", "loss_params": {"gamma": 2}}])
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(s))
+    g = load_grid(path)
+    cmd = [sys.executable, "-m", "ltkit.cli", "grid", "run", str(path)]
+    try:
+        a = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        import time
+
+        time.sleep(3)
+        b = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        outs = [p.communicate(timeout=600) for p in (a, b)]
+        assert a.returncode == 0 and b.returncode == 0, [o[1][-2000:] for o in outs]
+        done = [int(o[0].rsplit("done ", 1)[1].split(",")[0]) for o in outs]
+        assert sum(done) == 4, done  # every run trained by exactly one of the two commands
+        for r in g.runs:
+            assert pd.read_csv(g.run_dir(r) / "history.csv")["launch"].tolist() == [1]
+        assert set(collect(g.results)["status"]) == {"done"}
+    finally:
+        shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
