@@ -288,20 +288,25 @@ def plot_class_distribution(counts_by_split: dict[str, np.ndarray], ax=None, log
 
 
 def plot_history(history: pd.DataFrame, axes=None):
+    """Loss and accuracy per epoch; one line per expert for the two-expert model."""
     import matplotlib.pyplot as plt
 
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(10, 3))
-    if "train_loss" in history:
-        axes[0].plot(history["epoch"], history["train_loss"], label="train loss")
+    parts = history.groupby("expert", sort=False) if "expert" in history else [(None, history)]
+    for expert, h in parts:
+        tag = f" ({expert} expert)" if expert else ""
+        if "train_loss" in h:
+            axes[0].plot(h["epoch"], h["train_loss"], label="train loss" + tag)
+        for col, lab in (("train_acc", "train"), ("val_top1", "validation"), ("test_top1", "test (reference only)"),
+                         ("expert_val_top1", "validation, own classes")):
+            if col in h:
+                axes[1].plot(h["epoch"], h[col], label=lab + tag)
     axes[0].set_xlabel("epoch")
     axes[0].legend(frameon=False)
-    for col, lab in (("train_acc", "train"), ("val_top1", "validation"), ("test_top1", "test (reference only)")):
-        if col in history:
-            axes[1].plot(history["epoch"], history[col], label=lab)
     axes[1].set_xlabel("epoch")
     axes[1].set_ylabel("top-1")
-    axes[1].legend(frameon=False)
+    axes[1].legend(frameon=False, fontsize=8)
     return axes
 
 
