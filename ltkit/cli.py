@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from .config import ConfigError
-    from .grid import load_grid, plan, run_grid
+    from .grid import load_grid, plan, progress, run_grid
 
     try:
         grid = load_grid(args.grid, _overrides(args.set), args.results)
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             if st == "missing" and target is not None:
                 st = "to-alias"
             counts[st] += 1
-            print(f"{st:9s} {cfg.run_path()}")
+            detail = progress(grid, cfg) if st in ("running", "partial", "failed") else ""
+            print(f"{st:9s} {cfg.run_path()}" + (f"  [{detail}]" if detail else ""))
         print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
         return 0
     if args.executor != "local":

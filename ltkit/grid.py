@@ -165,6 +165,19 @@ def plan(grid: Grid, dedupe: bool = True) -> list[tuple[RunConfig, str, RunConfi
     return out
 
 
+def progress(grid: Grid, cfg: RunConfig) -> str:
+    """'epoch 37/200 (launch 2)' from a run's progress file, '' if it has none."""
+    import json
+
+    try:
+        p = json.loads((grid.ckpt_dir(cfg) / "progress.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    left = (p["epochs"] - p["epoch"]) * p.get("seconds_per_epoch", 0)
+    eta = f", ~{left / 60:.0f} min left" if left > 0 else ""
+    return f"epoch {p['epoch']}/{p['epochs']}" + (f" (launch {p['launch']})" if p.get("launch", 1) > 1 else "") + eta
+
+
 def _locked(grid: Grid, cfg: RunConfig) -> bool:
     try:
         with run_lock(grid.ckpt_dir(cfg) / ".lock"):

@@ -30,7 +30,7 @@ from torch import nn
 
 from .config import RunConfig, make_config
 from .data import LTDataset, load_dataset
-from .io import atomic_torch_save
+from .io import atomic_torch_save, atomic_write_json
 from .loader import DeviceSplit, augment, batches, epoch_indices, to_float
 from .losses import LOSSES, create_loss
 from .metrics import evaluate_predictions
@@ -257,6 +257,9 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
             atomic_torch_save(last, {"epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
                                      "history": history, "best": best, "fingerprint": cfg.fingerprint(),
                                      "model_name": cfg.model, "rng": torch.get_rng_state(), "launch": launch})
+            atomic_write_json(last.with_name("progress.json"),  # for `ltkit grid status`, no checkpoint load
+                              {"epoch": epoch + 1, "epochs": cfg.epochs, "launch": launch, "updated": time.time(),
+                               "seconds_per_epoch": row["seconds"]})
     bar.close()
     if cfg.select == "best_val" and best["state"] is not None:
         model.load_state_dict(best["state"])

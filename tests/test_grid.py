@@ -275,3 +275,22 @@ def test_two_grid_commands_on_one_results_folder_train_each_run_once(tmp_path):
         assert set(collect(g.results)["status"]) == {"done"}
     finally:
         shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
+
+
+def test_status_shows_the_epoch_a_partial_run_reached(tmp_path, capsys):
+    from ltkit.cli import main
+    from ltkit.train import run
+
+    s = spec(tmp_path, methods=["ce", "bs"])
+    s["base"]["epochs"] = 2
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(s))
+    g = load_grid(path)
+    try:
+        run(g.runs[0], ckpt_dir=g.ckpt_dir(g.runs[0]), progress=False)  # checkpoints, but no results folder
+        assert main(["grid", "status", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert f"partial   {g.runs[0].run_path()}  [epoch 2/2]" in out
+        assert f"missing   {g.runs[1].run_path()}\n" in out and "1 missing, 1 partial" in out
+    finally:
+        shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
