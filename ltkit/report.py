@@ -81,6 +81,7 @@ def collect(root: str | Path) -> pd.DataFrame:
             prov = _safe_json(src / "provenance.json")
             if prov:
                 row["wall_seconds"] = prov.get("wall_seconds")
+                row["train_seconds"] = (prov.get("method_extra") or {}).get("train_seconds_total")
                 row["device_name"] = prov.get("device_name")
                 row["git_commit"] = (prov.get("git") or {}).get("commit")
                 row["end"] = prov.get("end")

@@ -309,8 +309,7 @@ def run(params: RunConfig | dict[str, Any], ckpt_dir: str | Path | None = None, 
     result = evaluate_model(ctx, model, history, logit_fn)
     result.extra.update(extra)
     # cost, beside the accuracy: full trainings this run did (a stage-two method reuses its stage one)
-    result.metrics["trainings"] = int(trainings)
-    result.metrics["train_seconds"] = float(result.extra.get("train_seconds_total", 0.0))
+    result.metrics["trainings"] = int(trainings)  # (training seconds, not deterministic, go to provenance)
     if keep_model:
         result.model = model
     return result
