@@ -76,3 +76,22 @@ def test_book_cache_is_dropped_when_results_change(tmp_path):
     assert report.refresh_book_cache(build, [res]) is False and (build / ".jupyter_cache").exists()
     (res / "metrics.json").write_text('{"balanced.top1": 0.5}')  # a re-run result
     assert report.refresh_book_cache(build, [res]) is True and not (build / ".jupyter_cache").exists()
+
+
+def test_against_published_flags_what_lies_beyond_the_seed_spread():
+    pub = report.published("cifar_lt_resnet32_published.csv")
+    rows = []
+    for method, vals in (("ce", [38.0, 38.6, 38.3]), ("ldam_drw", [39.9, 40.1, 40.0]), ("la", [43.0, 44.0, 43.5])):
+        for seed, v in enumerate(vals):
+            rows.append({"data": "cifar100_exp100", "method": method, "seed": seed, "balanced.top1": (v - 1) / 100,
+                         "balanced.top1_best_epoch_on_test": v / 100})
+    t = report.against_published(pd.DataFrame(rows), pub).set_index(["method", "recipe"])
+    ce = t.loc[("ce", "cao2019")]
+    assert ce["published"] == 38.32 and not ce["beyond_spread"] and not ce["investigate"]
+    ld = t.loc[("ldam_drw", "cao2019")]
+    assert ld["diff"] == pytest.approx(40.0 - 42.04) and ld["beyond_spread"] and ld["investigate"]
+    la = t.loc[("la", "la_recipe")]  # our 'la' is the paper's 'la_loss'
+    assert la["published"] == 43.89 and not la["investigate"]  # another recipe: never a same-recipe finding
+    text = report.published_sentences(t.reset_index())
+    assert any("ldam_drw" in x and "-2.04 points" in x and "investigate" in x for x in text)
+    assert any(x.startswith("**ce**") and "within our seed spread" in x for x in text)
