@@ -4,6 +4,7 @@
     ltkit grid run    configs/demo.yaml [--force] [--no-dedupe] [--jobs N] [--executor local|slurm|submitit-local|debug]
     ltkit grid status configs/demo.yaml
     ltkit data pack   --src ../shared/data --out .gpu_data/cao --protocol cao2019
+    ltkit data inspect --src path/to/my_images    # one sub-folder per class: counts, IF, bad files
 """
 
 from __future__ import annotations
@@ -45,18 +46,25 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--only", default=None, help="comma-separated method labels to keep")
     g.add_argument("--seeds", default=None, help="comma-separated seeds to keep")
     d = sub.add_parser("data", help="data utilities")
-    d.add_argument("action", choices=["pack"])
-    d.add_argument("--src", required=True)
-    d.add_argument("--out", required=True)
+    d.add_argument("action", choices=["pack", "inspect"],
+                   help="pack: a CIFAR subset for a GPU box; inspect: count (and cache) a folder of class folders")
+    d.add_argument("--src", help="pack: the npz root; inspect: the folder with one sub-folder per class")
+    d.add_argument("--out", help="pack: output folder")
+    d.add_argument("--image-size", type=int, default=64, help="inspect: the size images are cached at")
     d.add_argument("--dataset", default="cifar100")
-    d.add_argument("--protocol", action="append", required=True, help="cao2019 or thesis (repeatable)")
+    d.add_argument("--protocol", action="append", help="pack: cao2019 or thesis (repeatable)")
     d.add_argument("--imb-factor", type=float, default=100)
     d.add_argument("--no-test", action="store_true", help="leave the test images out of the pack")
     args = ap.parse_args(argv)
 
+    if args.cmd == "data" and args.action == "inspect":
+        return _inspect(args.src, args.image_size)
     if args.cmd == "data":
         from .data import pack_subset
 
+        if not (args.src and args.out and args.protocol):
+            print("ltkit: data pack needs --src, --out and --protocol", file=sys.stderr)
+            return 2
         specs = [{"protocol": p, "imb_factor": args.imb_factor} for p in args.protocol]
         print(pack_subset(args.src, args.dataset, args.out, specs, test=not args.no_test))
         return 0
@@ -113,6 +121,38 @@ def main(argv: list[str] | None = None) -> int:
         for p in summary["failed"]:
             print(f"  {p}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _inspect(src: str | None, image_size: int) -> int:
+    """Counts per class, imbalance factor and unreadable files of a folder dataset; fills its cache."""
+    import warnings
+
+    import numpy as np
+
+    from .data import DataError
+    from .folder import decode_folder
+
+    if not src:
+        print("ltkit: data inspect needs --src (a folder with one sub-folder per class)", file=sys.stderr)
+        return 2
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, labels, names, skipped = decode_folder(src, image_size)
+    except DataError as exc:
+        print(f"ltkit: {exc}", file=sys.stderr)
+        return 2
+    counts = np.bincount(labels, minlength=len(names))
+    order = np.argsort(-counts, kind="stable")
+    print(f"{len(names)} classes, {int(counts.sum())} readable images at {image_size}x{image_size} (cached)")
+    print(f"imbalance factor (largest / smallest class): {counts.max() / counts.min():.1f}")
+    for i in order:
+        print(f"  {counts[i]:7d}  {names[i]}")
+    if skipped:
+        print(f"{len(skipped)} unreadable file(s) skipped:")
+        for f in skipped:
+            print(f"  {f}")
     return 0
 
 

@@ -89,3 +89,16 @@ def test_a_run_on_folder_data_end_to_end(tmp_path):
     r = run(cfg, progress=False)
     assert 0 <= r.metrics["balanced.top1"] <= 1 and "lt.tail" in r.metrics
     assert r.dataset["train_counts"][0] == max(r.dataset["train_counts"])
+
+
+def test_inspect_command_counts_classes_and_names_bad_files(tmp_path, capsys):
+    from ltkit.cli import main
+
+    root = make_folder(tmp_path / "moths")
+    (root / "gamma" / "bad.png").write_bytes(b"\x89PNG broken")
+    assert main(["data", "inspect", "--src", str(root), "--image-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "4 classes, 64 readable images" in out and "imbalance factor (largest / smallest class): 13.3" in out
+    assert out.index("beta") < out.index("gamma") < out.index("alpha") < out.index("delta")
+    assert "1 unreadable file(s) skipped:\n  gamma/bad.png" in out
+    assert main(["data", "inspect", "--src", str(tmp_path / "none")]) == 2
