@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.only:
         keep = set(args.only.split(","))
-        grid.runs = [r for r in grid.runs if r.name in keep or (r.stage1 in keep and r.name in keep)]
+        grid.runs = [r for r in grid.runs if r.name in keep]
     if args.seeds:
         seeds = {int(x) for x in args.seeds.split(",")}
         grid.runs = [r for r in grid.runs if r.seed in seeds]
@@ -131,7 +131,7 @@ def _inspect(src: str | None, image_size: int) -> int:
     import numpy as np
 
     from .data import DataError
-    from .folder import decode_folder
+    from .folder import by_count, decode_folder
 
     if not src:
         print("ltkit: data inspect needs --src (a folder with one sub-folder per class)", file=sys.stderr)
@@ -144,7 +144,7 @@ def _inspect(src: str | None, image_size: int) -> int:
         print(f"ltkit: {exc}", file=sys.stderr)
         return 2
     counts = np.bincount(labels, minlength=len(names))
-    order = np.argsort(-counts, kind="stable")
+    order = by_count(counts, names)
     print(f"{len(names)} classes, {int(counts.sum())} readable images at {image_size}x{image_size} (cached)")
     print(f"imbalance factor (largest / smallest class): {counts.max() / counts.min():.1f}")
     for i in order:

@@ -19,14 +19,13 @@ error that names the class.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from .data import PROTOCOLS, SOURCES, DataError, LTDataset, Pool, _per_class_indices, _take, default_data_root, warn_skipped
-from .io import atomic_write_bytes
+from .io import atomic_write_bytes, stat_digest
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 CACHE_VERSION = 1
@@ -60,12 +59,14 @@ def _decode(path: Path, size: int) -> np.ndarray | None:
 
 
 def _cache_key(files: dict[str, list[Path]], root: Path, size: int) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION} size{size}".encode())
-    for name, paths in files.items():
-        for f in paths:
-            st = f.stat()
-            h.update(f"{name}\0{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:20]
+    """Changes when a file is added, removed, replaced or touched, or the size changes."""
+    paths = [f for fs in files.values() for f in fs]  # the class is the first part of each relative path
+    return stat_digest(paths, f"v{CACHE_VERSION} size{size}", relative_to=root)[:20]
+
+
+def by_count(counts: np.ndarray, names: list[str]) -> list[int]:
+    """Class indices ordered by descending image count, ties by name: the order ltkit numbers classes in."""
+    return sorted(range(len(names)), key=lambda i: (-counts[i], names[i]))
 
 
 def decode_folder(root: str | Path, image_size: int = 64, cache_dir: str | Path | None = None,
@@ -135,7 +136,7 @@ def folder_pool(root: str | Path | None = None, image_size: int = 64, test_fract
     if tiny:
         raise DataError(f"folder dataset: class(es) {', '.join(map(repr, tiny))} have fewer than 2 readable images; "
                         "a class needs one to train on and one to test on")
-    order = sorted(range(len(names)), key=lambda i: (-counts[i], names[i]))
+    order = by_count(counts, names)
     new_label = np.empty(len(names), np.int64)
     new_label[order] = np.arange(len(names))
     labels = new_label[labels]
@@ -176,12 +177,13 @@ def natural_split(pool: Pool, val_per_class: int = 20, **_: object) -> LTDataset
     m = min(len(p) for p in test_parts)
     bal_idx = np.concatenate([p[:m] for p in test_parts])
     train = _take(pool.train_images, pool.train_labels, tr_idx, None, "train")
+    counts = train.counts(k)
     return LTDataset(
         name=pool.name, protocol="natural", classes=pool.classes, train=train,
         val=_take(pool.train_images, pool.train_labels, val_idx, None, "val") if len(val_idx) else None,
         tests={"balanced": _take(pool.test_images, pool.test_labels, bal_idx, None, "balanced test"),
                "lt": _take(pool.test_images, pool.test_labels, np.arange(len(pool.test_labels)), None, "test")},
-        train_counts=train.counts(k), mean=pool.mean, std=pool.std,
+        train_counts=counts, mean=pool.mean, std=pool.std,
         meta={"origin": pool.origin, "balanced_test_per_class": m,
-              "imb_factor_found": float(train.counts(k).max() / max(train.counts(k).min(), 1))},
+              "imb_factor_found": float(counts.max() / max(counts.min(), 1))},
     )

@@ -82,6 +82,17 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def stat_digest(files: list[Path], salt: str = "", relative_to: Path | None = None) -> str:
+    """SHA-256 over the names, sizes and modification times of ``files`` (not their bytes):
+    a cheap "has anything changed" key for caches over many files."""
+    h = hashlib.sha256(salt.encode())
+    for f in files:
+        st = f.stat()
+        name = f.relative_to(relative_to) if relative_to else f
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 class LockHeld(RuntimeError):
     """Another process holds the lock of this run."""
 

@@ -126,12 +126,11 @@ def mean_std_table(df: pd.DataFrame, index: list[str], metrics: dict[str, str], 
         hi = df.groupby(index)[f"{key}_ci_high"].first() * scale if f"{key}_ci_high" in df else None
         cells = []
         for grp, a, b, c in zip(m.index, m, s, n, strict=True):
-            if c > 1 and np.isfinite(b):
-                cells.append(f"{a:.{digits}f} ± {b:.{digits}f}")
-            elif lo is not None and hi is not None and np.isfinite(lo.loc[grp]) and np.isfinite(hi.loc[grp]):
+            if not (c > 1 and np.isfinite(b)) and lo is not None and hi is not None \
+                    and np.isfinite(lo.loc[grp]) and np.isfinite(hi.loc[grp]):
                 cells.append(f"{a:.{digits}f} [{lo.loc[grp]:.{max(digits - 1, 0)}f}, {hi.loc[grp]:.{max(digits - 1, 0)}f}]")
             else:
-                cells.append(f"{a:.{digits}f}")
+                cells.append(_mean_std(a, b, c, digits))
         out[name] = cells
         idx = m.index
     table = pd.DataFrame(out, index=idx)
@@ -139,9 +138,21 @@ def mean_std_table(df: pd.DataFrame, index: list[str], metrics: dict[str, str], 
     return table
 
 
+def _mean_std(mean: float, std: float, n: int, digits: int) -> str:
+    """'mean ± std', or just the mean when there is no spread to show (one value)."""
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 and np.isfinite(std) else "")
+
+
 def seed_means(df: pd.DataFrame, keys: list[str], scale: float = 100.0) -> pd.DataFrame:
     """Mean over seeds per (data, model, method): the one number per cell the thesis tables show."""
     return df.groupby(["data", "model", "method"])[keys].mean() * scale
+
+
+def _across_groups(df: pd.DataFrame, over: str, metrics: dict[str, str]):
+    """Per-cell seed means grouped by (data, the axis that is not ``over``), and the metric keys present."""
+    keys = [k for k in metrics if k in df]
+    cell = seed_means(df, keys).reset_index()
+    return cell.groupby(["data", "model" if over == "method" else "method"])[keys], keys
 
 
 def across(df: pd.DataFrame, over: str, metrics: dict[str, str] | None = None, digits: int = 2) -> pd.DataFrame:
@@ -153,15 +164,11 @@ def across(df: pd.DataFrame, over: str, metrics: dict[str, str] | None = None, d
     seed noise (that is in the per-model tables).
     """
     metrics = metrics or CATEGORIES
-    keys = [k for k in metrics if k in df]
-    cell = seed_means(df, keys).reset_index()
-    by = ["data", "model" if over == "method" else "method"]
-    g = cell.groupby(by)[keys]
+    g, keys = _across_groups(df, over, metrics)
     m, s, n = g.mean(), g.std(ddof=1), g.count()
     out = pd.DataFrame(index=m.index)
     for k in keys:
-        out[metrics[k]] = [f"{a:.{digits}f}" + (f" ± {b:.{digits}f}" if c > 1 and np.isfinite(b) else "")
-                           for a, b, c in zip(m[k], s[k], n[k], strict=True)]
+        out[metrics[k]] = [_mean_std(a, b, c, digits) for a, b, c in zip(m[k], s[k], n[k], strict=True)]
     out[f"n {over}s"] = n[keys[0]].to_numpy()
     return out
 
@@ -169,10 +176,7 @@ def across(df: pd.DataFrame, over: str, metrics: dict[str, str] | None = None, d
 def across_values(df: pd.DataFrame, over: str, metrics: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(mean, std) frames behind :func:`across`, for plotting."""
     metrics = metrics or CATEGORIES
-    keys = [k for k in metrics if k in df]
-    cell = seed_means(df, keys).reset_index()
-    by = ["data", "model" if over == "method" else "method"]
-    g = cell.groupby(by)[keys]
+    g, _ = _across_groups(df, over, metrics)
     return g.mean().rename(columns=metrics), g.std(ddof=1).rename(columns=metrics)
 
 
@@ -417,19 +421,15 @@ def refresh_book_cache(build_dir: str | Path | None = None, roots: list[str | Pa
     the previous results.
     Returns True when the cache was dropped.
     """
-    import hashlib
     import shutil
+
+    from .io import stat_digest
 
     build = Path(build_dir or REPO / "book" / "_build")
     roots = [Path(r) for r in (roots or [results_root(), REPO / "benchmarks" / "results"])]
-    extra = [os.environ.get(k, "") for k in ("LTKIT_RESULTS", "LTKIT_DEMO_RESULTS")]
-    h = hashlib.sha256("\n".join(extra).encode())
-    for root in roots:
-        for f in sorted(root.rglob("*")) if root.exists() else []:
-            if f.is_file():
-                st = f.stat()
-                h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    stamp, digest = build / ".results-stamp", h.hexdigest()
+    files = [f for root in roots if root.exists() for f in sorted(root.rglob("*")) if f.is_file()]
+    env = "\n".join(os.environ.get(k, "") for k in ("LTKIT_RESULTS", "LTKIT_DEMO_RESULTS"))
+    stamp, digest = build / ".results-stamp", stat_digest(files, env)
     if stamp.exists() and stamp.read_text() == digest:
         return False
     for stale in (".jupyter_cache", ".doctrees", "jupyter_execute"):  # Sphinx skips unchanged pages too
