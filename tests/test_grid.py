@@ -26,6 +26,12 @@ def spec(tmp_path, **kw):
             "seeds": [0], "methods": ["ce", "bs"], **kw}
 
 
+def grid_file(tmp_path, s) -> Path:
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(s))
+    return path
+
+
 def test_grid_typo_fails_before_training(tmp_path):
     bad = spec(tmp_path, methods=["ce", "balanced_softmax"])
     with pytest.raises(ConfigError, match="'balanced_softmax'.*accepted"):
@@ -77,8 +83,7 @@ def test_grid_end_to_end_through_papermill(tmp_path):
                                 {"label": "la_posthoc", "loss": "la_posthoc", "stage1": "ce",
                                  "loss_params": {"tau": 1.0}}])
     s["base"]["imb_factor"] = 1  # wce is then CE by construction
-    path = tmp_path / "g.yaml"
-    path.write_text(yaml.safe_dump(s))
+    path = grid_file(tmp_path, s)
     g = load_grid(path)
     summary = run_grid(g, stagger=0.2)
     assert sorted(Path(p).parts[-2] for p in summary["done"]) == ["ce", "la_posthoc"]
@@ -110,8 +115,7 @@ def test_submitit_debug_executor_runs_grid(tmp_path):
     from ltkit.submit import RunJob, slurm_parameters, submit_grid
 
     s = spec(tmp_path, methods=["ce"], slurm={"partition": "gpu", "timeout_min": 30, "array_parallelism": 4})
-    path = tmp_path / "g.yaml"
-    path.write_text(yaml.safe_dump(s))
+    path = grid_file(tmp_path, s)
     g = load_grid(path)
     p = slurm_parameters(g)
     assert p["slurm_partition"] == "gpu" and p["timeout_min"] == 30 and p["slurm_array_parallelism"] == 4
@@ -145,8 +149,7 @@ def test_submitit_local_job_preempted_requeued_and_resumed(tmp_path):
 
     s = spec(tmp_path, methods=["ce"])
     s["base"].update(epochs=40, source_params={"num_classes": 10, "train_per_class": 300, "test_per_class": 10})
-    path = tmp_path / "g.yaml"
-    path.write_text(yaml.safe_dump(s))
+    path = grid_file(tmp_path, s)
     g = load_grid(path)
     res = submit_grid(g, executor="submitit-local", log_dir=tmp_path / "logs" / "%j", wait=False)
     (run_path, job), = res["jobs"].items()
@@ -209,8 +212,7 @@ echo "Submitted batch job $n"
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     s = spec(tmp_path, methods=["ce", "bs", {"label": "la_posthoc", "loss": "la_posthoc", "stage1": "ce"}],
              seeds=[0, 1], slurm={"partition": "gpu", "timeout_min": 90, "array_parallelism": 3, "mem_gb": 20})
-    path = tmp_path / "g.yaml"
-    path.write_text(yaml.safe_dump(s))
+    path = grid_file(tmp_path, s)
     g = load_grid(path)
     res = submit_grid(g, executor="slurm", log_dir=tmp_path / "logs" / "%j")
     assert res["submitted"] == 6 and not res["results"]  # slurm: submit and return
@@ -231,8 +233,7 @@ echo "Submitted batch job $n"
 @pytest.mark.slow
 def test_force_trains_afresh_and_keeps_the_old_result_aside(tmp_path):
     s = spec(tmp_path, methods=["ce"])
-    path = tmp_path / "g.yaml"
-    path.write_text(yaml.safe_dump(s))
+    path = grid_file(tmp_path, s)
     g = load_grid(path)
     run_dir = g.run_dir(g.runs[0])
     try:
@@ -256,8 +257,7 @@ def test_two_grid_commands_on_one_results_folder_train_each_run_once(tmp_path):
     import pandas as pd
 
     s = spec(tmp_path, methods=["ce", "focal", "ldam", {"label": "focal2", "loss": "focal", "loss_params": {"gamma": 2}}])
-    path = tmp_path / "g.yaml"
-    path.write_text(yaml.safe_dump(s))
+    path = grid_file(tmp_path, s)
     g = load_grid(path)
     cmd = [sys.executable, "-m", "ltkit.cli", "grid", "run", str(path)]
     try:
@@ -283,8 +283,7 @@ def test_status_shows_the_epoch_a_partial_run_reached(tmp_path, capsys):
 
     s = spec(tmp_path, methods=["ce", "bs"])
     s["base"]["epochs"] = 2
-    path = tmp_path / "g.yaml"
-    path.write_text(yaml.safe_dump(s))
+    path = grid_file(tmp_path, s)
     g = load_grid(path)
     try:
         run(g.runs[0], ckpt_dir=g.ckpt_dir(g.runs[0]), progress=False)  # checkpoints, but no results folder
