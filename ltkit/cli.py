@@ -5,6 +5,7 @@
     ltkit grid status configs/demo.yaml
     ltkit data pack   --src ../shared/data --out .gpu_data/cao --protocol cao2019
     ltkit data inspect --src path/to/my_images    # one sub-folder per class: counts, IF, bad files
+    ltkit data subsets --out book/data/cao2019_subsets.json   # Cao et al.'s CIFAR-LT image lists
 """
 
 from __future__ import annotations
@@ -18,13 +19,41 @@ import yaml
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
+    from .config import ConfigError
+    from .io import yaml_load
+
     out = {}
     for p in pairs:
         if "=" not in p:
-            raise SystemExit(f"--set expects key=value, got {p!r}")
+            raise ConfigError(f"bad value for --set: {p!r} (accepted: key=value, e.g. --set epochs=3)")
         k, v = p.split("=", 1)
-        out[k] = yaml.safe_load(v)
+        try:
+            out[k] = yaml_load(v)
+        except yaml.YAMLError:
+            raise ConfigError(f"bad value for --set {k}: {v!r} (accepted: a YAML scalar, list or mapping)") from None
     return out
+
+
+def _int_list(text: str, what: str) -> set[int]:
+    from .config import ConfigError
+
+    try:
+        out = {int(x) for x in text.split(",")}
+    except ValueError:
+        raise ConfigError(f"bad value for {what}: {text!r} (accepted: comma-separated integers, e.g. 0,1,2)") from None
+    if any(x < 0 for x in out):
+        raise ConfigError(f"bad value for {what}: {text!r} (accepted: integers >= 0)")
+    return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return v
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("grid", help="grid YAML file (configs/*.yaml)")
     g.add_argument("--force", action="store_true", help="re-run finished runs")
     g.add_argument("--no-dedupe", action="store_true", help="also train runs that are identical to CE by construction")
-    g.add_argument("--jobs", type=int, default=None, help="concurrent runs (default: one per GPU slot, 1 on CPU)")
+    g.add_argument("--jobs", type=_positive_int, default=None, help="concurrent runs (default: one per GPU slot, 1 on CPU)")
     g.add_argument("--executor", choices=["local", "slurm", "submitit-local", "debug"], default="local",
                    help="local: one run per GPU slot on this box; slurm: submitit jobs; submitit-local/debug: the slurm path "
                         "without a cluster (tests)")
@@ -46,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--only", default=None, help="comma-separated method labels to keep")
     g.add_argument("--seeds", default=None, help="comma-separated seeds to keep")
     d = sub.add_parser("data", help="data utilities")
-    d.add_argument("action", choices=["pack", "inspect"],
-                   help="pack: a CIFAR subset for a GPU box; inspect: count (and cache) a folder of class folders")
+    d.add_argument("action", choices=["pack", "inspect", "subsets"],
+                   help="pack: a CIFAR subset for a GPU box; inspect: count (and cache) a folder of class folders; "
+                        "subsets: write the (class, rank) lists of Cao et al.'s CIFAR-LT subsets with their SHA256")
     d.add_argument("--src", help="pack: the npz root; inspect: the folder with one sub-folder per class")
     d.add_argument("--out", help="pack: output folder")
     d.add_argument("--image-size", type=int, default=64, help="inspect: the size images are cached at")
@@ -59,6 +89,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cmd == "data" and args.action == "inspect":
         return _inspect(args.src, args.image_size)
+    if args.cmd == "data" and args.action == "subsets":
+        from .data import write_cao2019_subsets
+
+        if not args.out:
+            print("ltkit: data subsets needs --out (a .json file)", file=sys.stderr)
+            return 2
+        for key, entry in write_cao2019_subsets(args.out)["settings"].items():
+            print(f"{key}: {entry['total']} images, sha256 {entry['sha256']}")
+        return 0
     if args.cmd == "data":
         from .data import pack_subset
 
@@ -74,15 +113,23 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         grid = load_grid(args.grid, _overrides(args.set), args.results)
-    except (ConfigError, FileNotFoundError) as exc:
+        if args.only:
+            keep = set(args.only.split(","))
+            known = sorted({r.name for r in grid.runs})
+            if not keep <= set(known):
+                raise ConfigError(f"bad value for --only: {', '.join(sorted(keep - set(known)))} "
+                                  f"(accepted: {', '.join(known)})")
+            grid.runs = [r for r in grid.runs if r.name in keep]
+        if args.seeds:
+            seeds = _int_list(args.seeds, "--seeds")
+            known_seeds = sorted({r.seed for r in grid.runs})
+            if not seeds <= set(known_seeds):
+                raise ConfigError(f"bad value for --seeds: {', '.join(map(str, sorted(seeds - set(known_seeds))))} "
+                                  f"(accepted: the grid's seeds {', '.join(map(str, known_seeds))})")
+            grid.runs = [r for r in grid.runs if r.seed in seeds]
+    except ConfigError as exc:
         print(f"ltkit: {exc}", file=sys.stderr)
         return 2
-    if args.only:
-        keep = set(args.only.split(","))
-        grid.runs = [r for r in grid.runs if r.name in keep]
-    if args.seeds:
-        seeds = {int(x) for x in args.seeds.split(",")}
-        grid.runs = [r for r in grid.runs if r.seed in seeds]
     if args.action == "list":
         for cfg, status, target in plan(grid, not args.no_dedupe):
             alias = f"  (= {target.run_path()})" if target is not None and status == "missing" else ""
@@ -113,9 +160,29 @@ def main(argv: list[str] | None = None) -> int:
         for p in res["failed"]:
             print(f"  failed: {p}", file=sys.stderr)
         return 1 if res.get("failed") else 0
-    summary = run_grid(grid, force=args.force, dedupe=not args.no_dedupe, jobs=args.jobs)
+    import signal
+
+    def _term(signum, frame):  # SIGTERM (a scheduler, `kill`) stops the grid as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    try:
+        summary = run_grid(grid, force=args.force, dedupe=not args.no_dedupe, jobs=args.jobs)
+    except ConfigError as exc:
+        print(f"ltkit: {exc}", file=sys.stderr)
+        return 2
     print(f"done {len(summary['done'])}, skipped {len(summary['skipped'])}, aliased {len(summary['aliased'])}, "
-          f"failed {len(summary['failed'])}")
+          f"failed {len(summary['failed'])}, stale {len(summary['stale'])}, interrupted {len(summary['interrupted'])}")
+    if summary["interrupted"]:
+        print(f"interrupted: {len(summary['interrupted'])} run(s) not finished; finished runs are kept and the same "
+              "command resumes the rest from their last epoch", file=sys.stderr)
+        return 130
+    if summary["stale"]:
+        print("stale runs (made with another configuration than the grid's now; kept as they are, not reused): "
+              "re-run them with --force", file=sys.stderr)
+        for p in summary["stale"]:
+            print(f"  {p}", file=sys.stderr)
+        return 1
     if summary["failed"]:
         print("failed runs (their executed notebooks keep the traceback):", file=sys.stderr)
         for p in summary["failed"]:

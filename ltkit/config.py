@@ -15,22 +15,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Both recipes normalise with these constants, for CIFAR-10 and CIFAR-100 alike: the thesis's Table A.1 and
+# Cao et al.'s cifar_train.py. (They are CIFAR-10's mean with an often-copied std; CIFAR-100's own statistics
+# are (0.5071, 0.4865, 0.4409) / (0.2673, 0.2564, 0.2762): ``normalization: dataset`` uses the data's own.)
+RECIPE_NORM = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+
 PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
     # Midtgaard (2025), Table A.2 / section 3.3: Adam 1e-3, StepLR x0.1 every 30 of 90 epochs, 224 px.
     "thesis": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, epochs=90, milestone_fracs=(1 / 3, 2 / 3),
                    lr_decay=0.1, warmup_frac=0.0, image_size=224, select="best_val", pretrained=True,
-                   track_test=False, drw_frac=2 / 3),
+                   track_test=False, drw_frac=2 / 3, normalization="recipe", norm=RECIPE_NORM),
     # Cao et al. (2019), appendix B: SGD 0.1, 5 warm-up epochs, x0.01 at 160 and 180 of 200, 32 px.
     "cao2019": dict(optimizer="sgd", lr=0.1, weight_decay=2e-4, epochs=200, milestone_fracs=(0.8, 0.9),
                     lr_decay=0.01, warmup_frac=0.025, image_size=32, select="last", pretrained=False,
-                    track_test=True, drw_frac=0.8),
+                    track_test=True, drw_frac=0.8, normalization="recipe", norm=RECIPE_NORM),
 }
-# One's own folder data (ltkit.folder): fine-tune as the thesis does, on the data's own imbalance.
-PROTOCOL_DEFAULTS["natural"] = dict(PROTOCOL_DEFAULTS["thesis"])
+# One's own folder data (ltkit.folder): fine-tune as the thesis does, on the data's own imbalance and statistics.
+PROTOCOL_DEFAULTS["natural"] = dict(PROTOCOL_DEFAULTS["thesis"], normalization="dataset", norm=None)
 OPTIMIZERS = ("adam", "sgd")
 SELECT = ("best_val", "last")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE = ("auto", "on", "off", "reduce-overhead")
+NORMALIZATIONS = ("recipe", "dataset")
+CLASSIFIERS = ("linear", "cosine")
 
 
 class ConfigError(ValueError):
@@ -61,6 +68,8 @@ class RunConfig:
     image_size: int | None = None
     pretrained: bool | None = None
     sampler: str = "instance"
+    normalization: str | None = None  # recipe: the protocol's published constants; dataset: the data's own
+    classifier: str | None = None  # linear or cosine (Cao et al.'s normed classifier; LDAM's default)
     loss_params: dict = field(default_factory=dict)
     model_params: dict = field(default_factory=dict)
     source_params: dict = field(default_factory=dict)
@@ -161,6 +170,8 @@ def make_config(params: dict[str, Any] | None = None, **overrides: Any) -> RunCo
     _choice(d, "optimizer", OPTIMIZERS, allow_none=True)
     _choice(d, "select", SELECT, allow_none=True)
     _choice(d, "device", DEVICES)
+    _choice(d, "normalization", NORMALIZATIONS, allow_none=True)
+    _choice(d, "classifier", CLASSIFIERS, allow_none=True)
     if d["compile"] is True or d["compile"] is False:
         d["compile"] = "on" if d["compile"] else "off"
     _choice(d, "compile", COMPILE)
@@ -184,6 +195,10 @@ def make_config(params: dict[str, Any] | None = None, **overrides: Any) -> RunCo
     for name in ("loss_params", "model_params", "source_params"):
         if not isinstance(d[name], dict):
             raise _bad(name, d[name], "a mapping of parameter names to values")
+    _check_named_params("model_params", d["model_params"], MODELS.get(d["model"]), ("num_classes", "pretrained"),
+                        f"model {d['model']!r}")
+    _check_named_params("source_params", d["source_params"], SOURCES.get(d["dataset"]), ("root", "download"),
+                        f"dataset {d['dataset']!r}")
     for name in ("pretrained", "track_test"):
         if d[name] is not None and not isinstance(d[name], bool):
             raise _bad(name, d[name], "true, false or null")
@@ -200,9 +215,15 @@ def make_config(params: dict[str, Any] | None = None, **overrides: Any) -> RunCo
     defaults = PROTOCOL_DEFAULTS[d["protocol"]]
     epochs = d["epochs"] if d["epochs"] is not None else defaults["epochs"]
     d["epochs"] = epochs
-    for k in ("optimizer", "lr", "weight_decay", "lr_decay", "image_size", "select", "pretrained", "track_test"):
+    for k in ("optimizer", "lr", "weight_decay", "lr_decay", "image_size", "select", "pretrained", "track_test",
+              "normalization"):
         if d[k] is None:
             d[k] = defaults[k]
+    if d["normalization"] == "recipe" and defaults["norm"] is None:
+        raise _bad("normalization", "recipe", f"'dataset' for protocol {d['protocol']!r}, which has no published constants")
+    if d["classifier"] is None:  # LDAM's scale s = 30 presumes cosine logits in [-1, 1] (Cao et al.'s code)
+        normed = LOSSES.info(d["loss"]).get("normed_classifier") if d["loss"] in LOSSES else False
+        d["classifier"] = "cosine" if normed else "linear"
     if d["milestones"] is None:
         d["milestones"] = sorted({int(round(f * epochs)) for f in defaults["milestone_fracs"]})
     if d["warmup_epochs"] is None:
@@ -213,6 +234,19 @@ def make_config(params: dict[str, Any] | None = None, **overrides: Any) -> RunCo
         d["loss_params"] = lp
     _check_loss_params(d["loss"], d["loss_params"])
     return RunConfig(**d)
+
+
+def _check_named_params(field_name: str, params: dict, fn, reserved: tuple[str, ...], owner: str) -> None:
+    """Every key of ``params`` must be a named argument of ``fn`` (a typo such as ``num_clases`` would
+    otherwise vanish into ``**kwargs`` and the run would silently use the default)."""
+    import inspect
+
+    sig = inspect.signature(fn)
+    accepted = [p for p, v in sig.parameters.items() if p not in reserved and not p.startswith("_")
+                and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)]
+    for k in params:
+        if k not in accepted:
+            raise ConfigError(f"bad key {k!r} in {field_name} for {owner} (accepted: {', '.join(accepted) or 'none'})")
 
 
 def _check_loss_params(loss: str, params: dict) -> None:
@@ -227,5 +261,9 @@ def _check_loss_params(loss: str, params: dict) -> None:
     for k, v in params.items():
         if k not in accepted:
             raise ConfigError(f"bad loss parameter {k!r} for {loss!r} (accepted: {', '.join(accepted) or 'none'})")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        default = sig.parameters[k].default
+        if isinstance(default, bool) or (default is None and "bool" in str(sig.parameters[k].annotation)):
+            if not isinstance(v, bool):
+                raise _bad(f"loss_params.{k}", v, "true or false")
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise _bad(f"loss_params.{k}", v, "a finite number")

@@ -16,6 +16,7 @@ is identical whichever source provided the pixels.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import warnings
@@ -210,18 +211,50 @@ def _npz_candidates(root: Path, name: str) -> list[Path]:
     return [root / name, root]
 
 
+def _check_arrays(path: Path, d: dict, num_classes: int) -> None:
+    """One clear error for an npz that does not hold (N, H, W, 3) uint8 images and N labels in [0, K)."""
+    missing = [k for k in ("images", "labels") if k not in d]
+    if missing:
+        raise DataError(f"{path}: no {' / '.join(map(repr, missing))} array (found: {', '.join(sorted(d)) or 'none'}; "
+                        "accepted: 'images' uint8 (N, H, W, 3) and 'labels' integers (N,))")
+    x, y = d["images"], d["labels"]
+    if x.dtype != np.uint8:
+        raise DataError(f"{path}: images are {x.dtype}, not uint8 (accepted: uint8 0-255 pixels; float images would be "
+                        "divided by 255 a second time)")
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise DataError(f"{path}: images have shape {tuple(x.shape)} (accepted: (N, H, W, 3), RGB, channels last; "
+                        "convert CHW or grayscale images first)")
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+        raise DataError(f"{path}: labels are {y.dtype} with shape {tuple(y.shape)} (accepted: a 1-D integer array)")
+    if len(x) != len(y):
+        raise DataError(f"{path}: {len(x)} images but {len(y)} labels (accepted: one label per image)")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        bad = int(y.min()) if y.min() < 0 else int(y.max())
+        raise DataError(f"{path}: label {bad} is outside 0..{num_classes - 1} (this dataset has {num_classes} classes)")
+
+
 def _load_npz_pool(folder: Path, name: str, mean, std) -> Pool:
     _verify_sums(folder, ["train.npz", "test.npz"])
     try:
         tr = np.load(folder / "train.npz")
         te = np.load(folder / "test.npz")
         arrays = _decode({k: tr[k] for k in tr.files}), _decode({k: te[k] for k in te.files})
-    except Exception as exc:  # zipfile / zlib errors on a truncated archive
-        raise DataError(f"{folder}: cannot read train.npz/test.npz ({exc})") from exc
-    classes_file = folder / "classes.txt"
+    except Exception as exc:  # zipfile / zlib errors on a truncated archive, a pickled array
+        raise DataError(f"{folder}: cannot read train.npz/test.npz ({type(exc).__name__}: {exc})") from exc
     (trd, ted) = arrays
-    num_classes = int(max(trd["labels"].max(), ted["labels"].max())) + 1
-    classes = classes_file.read_text().split() if classes_file.exists() else [str(i) for i in range(num_classes)]
+    num_classes = int(SOURCES.info(name).get("num_classes", 0)) or None
+    classes_file = folder / "classes.txt"
+    classes = classes_file.read_text(encoding="utf-8").split() if classes_file.exists() else None
+    if classes is not None and num_classes is not None and len(classes) != num_classes:
+        raise DataError(f"{classes_file}: {len(classes)} class names (accepted: {num_classes}, one per line, for {name})")
+    k = num_classes or (len(classes) if classes else None)
+    if k is None:  # no class count known: take it from the labels (checked for type first)
+        for fname, d in (("train.npz", trd), ("test.npz", ted)):
+            _check_arrays(folder / fname, d, 2**31)
+        k = int(max(trd["labels"].max(), ted["labels"].max())) + 1
+    for fname, d in (("train.npz", trd), ("test.npz", ted)):
+        _check_arrays(folder / fname, d, k)
+    classes = classes or [str(i) for i in range(k)]
     pool = Pool(name, classes, trd["images"], trd["labels"].astype(np.int64), ted["images"],
                 ted["labels"].astype(np.int64), mean, std, origin=str(folder))
     if "index" in trd:  # a packed subset: scatter into the full index space
@@ -365,6 +398,24 @@ def _check_counts(counts: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: class {int(np.argmin(counts))} would have zero images")
 
 
+def thesis_indices(labels: np.ndarray, k: int, imb_factor: float = 100, imb_type: str = "exp", seed: int = 42,
+                   test_fraction: float = 0.1, test_imb_factor: float = 100) -> dict[str, np.ndarray]:
+    """Which training-pool images each split of the thesis protocol takes (see :func:`thesis_split`)."""
+    rng = np.random.default_rng(seed)
+    train_parts, test_parts = [], []
+    for idx in _per_class_indices(labels, k):
+        perm = idx[rng.permutation(len(idx))]
+        n_test = int(round(len(idx) * test_fraction))
+        test_parts.append(perm[:n_test])
+        train_parts.append(perm[n_test:])
+    train_counts = lt_counts(len(train_parts[0]), k, imb_factor, imb_type)
+    lt_test_counts = lt_counts(len(test_parts[0]), k, test_imb_factor, "exp", min_count=1)
+    return {"train": np.concatenate([p[:n] for p, n in zip(train_parts, train_counts, strict=True)]),
+            "balanced": np.concatenate(test_parts),
+            "lt": np.concatenate([p[:n] for p, n in zip(test_parts, lt_test_counts, strict=True)]),
+            "train_counts": train_counts}
+
+
 @PROTOCOLS.register("thesis")
 def thesis_split(pool: Pool, imb_factor: float = 100, imb_type: str = "exp", seed: int = 42,
                  test_imb_factor: float = 100, test_fraction: float = 0.1, **_: object) -> LTDataset:
@@ -377,59 +428,116 @@ def thesis_split(pool: Pool, imb_factor: float = 100, imb_type: str = "exp", see
     max(1, floor(50 * IF_test^(-i/(K-1)))) of its test part. IF = 1 trains on the
     balanced 45,000.
     """
-    k = len(pool.classes)
-    rng = np.random.default_rng(seed)
-    train_parts, test_parts = [], []
-    for idx in _per_class_indices(pool.train_labels, k):
-        perm = idx[rng.permutation(len(idx))]
-        n_test = int(round(len(idx) * test_fraction))
-        test_parts.append(perm[:n_test])
-        train_parts.append(perm[n_test:])
-    n_train, n_test = len(train_parts[0]), len(test_parts[0])
-    train_counts = lt_counts(n_train, k, imb_factor, imb_type)
-    lt_test_counts = lt_counts(n_test, k, test_imb_factor, "exp", min_count=1)
-    tr_idx = np.concatenate([p[:n] for p, n in zip(train_parts, train_counts, strict=True)])
-    bal_idx = np.concatenate(test_parts)
-    lt_idx = np.concatenate([p[:n] for p, n in zip(test_parts, lt_test_counts, strict=True)])
+    ix = thesis_indices(pool.train_labels, len(pool.classes), imb_factor, imb_type, seed, test_fraction,
+                        test_imb_factor)
     p_tr = pool.train_present
-    ds = LTDataset(
+    return LTDataset(
         name=pool.name, protocol="thesis", classes=pool.classes,
-        train=_take(pool.train_images, pool.train_labels, tr_idx, p_tr, "train"),
+        train=_take(pool.train_images, pool.train_labels, ix["train"], p_tr, "train"),
         val=_take(pool.test_images, pool.test_labels, np.arange(len(pool.test_labels)), pool.test_present, "val"),
-        tests={"balanced": _take(pool.train_images, pool.train_labels, bal_idx, p_tr, "balanced test"),
-               "lt": _take(pool.train_images, pool.train_labels, lt_idx, p_tr, "long-tailed test")},
-        train_counts=train_counts, mean=pool.mean, std=pool.std,
+        tests={"balanced": _take(pool.train_images, pool.train_labels, ix["balanced"], p_tr, "balanced test"),
+               "lt": _take(pool.train_images, pool.train_labels, ix["lt"], p_tr, "long-tailed test")},
+        train_counts=ix["train_counts"], mean=pool.mean, std=pool.std,
         meta={"imb_factor": imb_factor, "imb_type": imb_type, "split_seed": seed, "test_imb_factor": test_imb_factor,
               "origin": pool.origin},
     )
-    return ds
+
+
+CAO2019_SEED = 0  # ``IMBALANCECIFAR10(rand_number=0)`` in Cao et al.'s imbalance_cifar.py
+
+
+def cao2019_ranks(class_sizes: list[int] | np.ndarray, seed: int = CAO2019_SEED) -> list[np.ndarray]:
+    """Each class's images in the order Cao et al.'s ``gen_imbalanced_data`` draws them.
+
+    Their code seeds NumPy's legacy global generator (``np.random.seed(0)``), then,
+    class by class in label order, ``np.random.shuffle``s the positions of the
+    class's images and keeps the first n_i. A shuffle's permutation depends only
+    on the generator state and the array's length, so the ranks drawn here (rank
+    r = the class's r-th image in the official order) pick the same images from
+    torchvision's files or from an npz that keeps each class's official order.
+    Returns the full permutation of every class: the first n_i ranks are the
+    training subset, the next ones are unused images (our validation split).
+    """
+    rs = np.random.RandomState(seed)
+    out = []
+    for size in class_sizes:
+        perm = np.arange(int(size), dtype=np.int64)
+        rs.shuffle(perm)
+        out.append(perm)
+    return out
+
+
+def cao2019_indices(labels: np.ndarray, k: int, imb_factor: float = 100, imb_type: str = "exp",
+                    val_per_class: int = 20) -> dict[str, np.ndarray]:
+    """Which training-pool images the cao2019 protocol trains on (Cao et al.'s exact subset) and validates on."""
+    per_class = _per_class_indices(labels, k)
+    n_max = min(len(p) for p in per_class)
+    counts = lt_counts(n_max, k, imb_factor, imb_type)
+    ranks = cao2019_ranks([len(p) for p in per_class])
+    return {"train": np.concatenate([p[r[:n]] for p, r, n in zip(per_class, ranks, counts, strict=True)]),
+            "val": np.concatenate([p[r[n:n + val_per_class]] for p, r, n in zip(per_class, ranks, counts, strict=True)]),
+            "train_counts": counts, "n_max": np.asarray(n_max)}
+
+
+def cao2019_subset_table(class_sizes: list[int], imb_factor: float, imb_type: str = "exp") -> dict:
+    """The selected (class, within-class rank) list of one cao2019 setting, with its SHA256.
+
+    The digest is over the text lines ``"<class>,<rank>"``, classes in label order and ranks ascending,
+    joined by newlines: anyone can recompute it from their own subset.
+    """
+    counts = lt_counts(min(class_sizes), len(class_sizes), imb_factor, imb_type)
+    chosen = [np.sort(r[:n]).tolist() for r, n in zip(cao2019_ranks(class_sizes), counts, strict=True)]
+    text = "\n".join(f"{c},{r}" for c, ranks in enumerate(chosen) for r in ranks)
+    return {"imb_factor": imb_factor, "imb_type": imb_type, "total": int(counts.sum()), "counts": counts.tolist(),
+            "sha256": hashlib.sha256(text.encode()).hexdigest(), "ranks": chosen}
+
+
+# The settings published in book/data/cao2019_subsets.json: (dataset, classes, images per class, IF, type).
+CAO2019_PUBLISHED = (("cifar100", 100, 500, 100, "exp"), ("cifar100", 100, 500, 50, "exp"),
+                     ("cifar100", 100, 500, 10, "exp"), ("cifar10", 10, 5000, 100, "exp"))
+
+
+def write_cao2019_subsets(path: str | Path) -> dict:
+    """Write every published cao2019 subset as (class, within-class rank) lists with their SHA256."""
+    from .io import atomic_write_json
+
+    settings = {}
+    for name, k, n, imb, typ in CAO2019_PUBLISHED:
+        settings[f"{name}_{typ}{imb:g}"] = {"dataset": name, "num_classes": k, "n_max": n,
+                                            **cao2019_subset_table([n] * k, imb, typ)}
+    doc = {"about": "Cao et al. (2019) CIFAR-LT training subsets: for each class (label order), the within-class "
+                    "ranks (0 = the class's first image in the official order) of the images their "
+                    "IMBALANCECIFAR draws with np.random.seed(0). sha256 is over the lines '<class>,<rank>' "
+                    "(ranks ascending) joined by newlines. Written by: ltkit data subsets",
+           "settings": settings}
+    atomic_write_json(path, doc, indent=None)  # ~55,000 ranks: one line keeps it small
+    return doc
 
 
 @PROTOCOLS.register("cao2019")
 def cao2019_split(pool: Pool, imb_factor: float = 100, imb_type: str = "exp", val_per_class: int = 20,
                   **_: object) -> LTDataset:
-    """Cao et al. (2019), LDAM-DRW, the standard CIFAR-LT benchmark.
+    """Cao et al. (2019), LDAM-DRW, the standard CIFAR-LT benchmark, on *their* images.
 
-    Train: the first n_i images of each class (n_max = all of a class, 500 for
-    CIFAR-100), n_i from :func:`lt_counts`. Test: the official balanced test set.
-    Validation (ours, not the paper's): up to ``val_per_class`` of each class's
-    *unused* training images, for choosing post-hoc hyper-parameters without
-    touching the test set; classes with no unused images (class 0) are absent.
+    Train: n_i images of each class (n_max = all of a class, 500 for CIFAR-100, n_i
+    from :func:`lt_counts`), drawn as their ``IMBALANCECIFAR`` draws them
+    (:func:`cao2019_ranks`), so the subset is theirs image for image, not only in
+    its counts. Test: the official balanced test set. Validation (ours, not the
+    paper's): the next ``val_per_class`` images of each class's drawn order, all
+    unused by training, for choosing post-hoc hyper-parameters without touching
+    the test set; classes with no unused images (class 0) are absent.
     """
-    k = len(pool.classes)
-    per_class = _per_class_indices(pool.train_labels, k)
-    n_max = min(len(p) for p in per_class)
-    train_counts = lt_counts(n_max, k, imb_factor, imb_type)
-    tr_idx = np.concatenate([p[:n] for p, n in zip(per_class, train_counts, strict=True)])
-    val_idx = np.concatenate([p[n:n + val_per_class] for p, n in zip(per_class, train_counts, strict=True)])
+    ix = cao2019_indices(pool.train_labels, len(pool.classes), imb_factor, imb_type, val_per_class)
     test_idx = np.arange(len(pool.test_labels))
+    val_idx = ix["val"]
     return LTDataset(
         name=pool.name, protocol="cao2019", classes=pool.classes,
-        train=_take(pool.train_images, pool.train_labels, tr_idx, pool.train_present, "train"),
+        train=_take(pool.train_images, pool.train_labels, ix["train"], pool.train_present, "train"),
         val=_take(pool.train_images, pool.train_labels, val_idx, pool.train_present, "val") if len(val_idx) else None,
         tests={"balanced": _take(pool.test_images, pool.test_labels, test_idx, pool.test_present, "test")},
-        train_counts=train_counts, mean=pool.mean, std=pool.std,
-        meta={"imb_factor": imb_factor, "imb_type": imb_type, "n_max": n_max, "origin": pool.origin},
+        train_counts=ix["train_counts"], mean=pool.mean, std=pool.std,
+        meta={"imb_factor": imb_factor, "imb_type": imb_type, "n_max": int(ix["n_max"]), "origin": pool.origin,
+              "subset": "cao2019 (np.random.seed(0), per-class shuffle)"},
     )
 
 
@@ -471,23 +579,16 @@ def pack_subset(src_root: str | Path, dataset: str, out_dir: str | Path, protoco
         spec = dict(spec)
         name = spec.pop("protocol")
         if name == "cao2019":
-            per_class = _per_class_indices(pool.train_labels, k)
-            counts = lt_counts(min(map(len, per_class)), k, spec.get("imb_factor", 100), spec.get("imb_type", "exp"))
-            vpc = spec.get("val_per_class", 20)
-            for p, n in zip(per_class, counts, strict=True):
-                need_tr[p[: n + vpc]] = True
-            need_te[:] = test
+            ix = cao2019_indices(pool.train_labels, k, spec.get("imb_factor", 100), spec.get("imb_type", "exp"),
+                                 spec.get("val_per_class", 20))
+            need_tr[ix["train"]] = need_tr[ix["val"]] = True
         elif name == "thesis":
-            rng = np.random.default_rng(spec.get("seed", 42))
-            counts = lt_counts(450, k, spec.get("imb_factor", 100), spec.get("imb_type", "exp"))
-            for idx, n in zip(_per_class_indices(pool.train_labels, k), counts, strict=True):
-                perm = idx[rng.permutation(len(idx))]
-                n_test = int(round(len(idx) * 0.1))
-                need_tr[perm[:n_test]] = True
-                need_tr[perm[n_test:n_test + n]] = True
-            need_te[:] = test
+            ix = thesis_indices(pool.train_labels, k, spec.get("imb_factor", 100), spec.get("imb_type", "exp"),
+                                spec.get("seed", 42), spec.get("test_fraction", 0.1), spec.get("test_imb_factor", 100))
+            need_tr[ix["train"]] = need_tr[ix["balanced"]] = True
         else:
-            raise choice_error("protocol", name, PROTOCOLS.names())
+            raise choice_error("protocol", name, ["cao2019", "thesis"])
+        need_te[:] = test
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for fname, imgs, labels, need in (("train.npz", pool.train_images, pool.train_labels, need_tr),

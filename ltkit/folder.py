@@ -20,6 +20,7 @@ error that names the class.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,14 @@ def scan(root: Path) -> dict[str, list[Path]]:
     if not root.is_dir():
         raise DataError(f"folder dataset: {root} is not a directory (expected one sub-folder per class)")
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    real_root = root.resolve()
+    for c in classes:  # a class folder linking back into the data (e.g. to the root) would count images twice
+        target = c.resolve()
+        if c.is_symlink() and (target == real_root or real_root.is_relative_to(target)
+                               or any(target == o.resolve() for o in classes if o != c)
+                               or target.is_relative_to(real_root)):
+            raise DataError(f"folder dataset: class folder {c} is a symbolic link to {target}, inside this dataset; "
+                            "its images would be counted twice (accepted: links to folders outside the dataset)")
     if not classes:
         raise DataError(f"folder dataset: {root} has no class sub-folders (expected one sub-folder per class)")
     out = {c.name: sorted(f for f in c.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
@@ -54,8 +63,8 @@ def _decode(path: Path, size: int) -> np.ndarray | None:
         with Image.open(path) as im:
             im = im.convert("RGB").resize((size, size), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None  # unreadable, truncated, or a decompression bomb (PIL's pixel limit): skipped and named
 
 
 def _cache_key(files: dict[str, list[Path]], root: Path, size: int) -> str:
@@ -81,10 +90,16 @@ def decode_folder(root: str | Path, image_size: int = 64, cache_dir: str | Path 
     for c in caches:
         f = c / f"{key}.npz"
         if f.exists():
-            z = np.load(f)
-            meta = json.loads(str(z["meta"]))
+            try:
+                z = np.load(f)
+                meta = json.loads(str(z["meta"]))
+                cached = z["images"], z["labels"], meta["classes"], meta["skipped"]
+            except Exception as exc:  # noqa: BLE001 - truncated or corrupt cache: decode again
+                warnings.warn(f"folder cache {f} is unreadable ({type(exc).__name__}); decoding the images again",
+                              stacklevel=2)
+                continue
             warn_skipped(meta["skipped"])
-            return z["images"], z["labels"], meta["classes"], meta["skipped"]
+            return cached
     images, labels, skipped = [], [], []
     names = list(files)
     todo = [(i, f) for i, name in enumerate(names) for f in files[name]]

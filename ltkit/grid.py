@@ -17,8 +17,12 @@ the numerical check) are recorded as aliases of the CE run.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -32,11 +36,13 @@ from typing import Any
 import yaml
 
 from .config import ConfigError, RunConfig, make_config
-from .io import LockHeld, atomic_write_text, run_lock
+from .io import LockHeld, atomic_write_bytes, atomic_write_text, is_locked, run_lock, yaml_load
 from .losses import LOSSES, check_ce_equivalence, reduces_to_ce
-from .results import notebook_error, record_failure, run_status, write_alias
+from .results import mark_complete, notebook_error, record_failure, run_status, write_alias
 
-GRID_KEYS = {"name", "description", "results", "base", "axes", "seeds", "methods", "executor", "slurm", "runs_per_gpu"}
+GRID_KEYS = {"name", "description", "results", "base", "axes", "seeds", "methods", "slurm", "runs_per_gpu"}
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+STOP = threading.Event()  # set on Ctrl-C / SIGTERM: no new run starts, running ones are stopped
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "notebooks" / "train.ipynb"
 
@@ -53,16 +59,36 @@ class Grid:
     def run_dir(self, cfg: RunConfig) -> Path:
         return self.results / cfg.run_path()
 
+    @property
+    def ckpt_root(self) -> Path:
+        """``checkpoints/<name>-<8 hex of the results folder>``: the same grid with two ``--results``
+        folders keeps two sets of checkpoints."""
+        key = hashlib.sha256(str(self.results.resolve()).encode()).hexdigest()[:8]
+        return REPO / "checkpoints" / f"{self.name}-{key}"
+
     def ckpt_dir(self, cfg: RunConfig) -> Path:
-        return REPO / "checkpoints" / self.name / cfg.run_path()
+        return self.ckpt_root / cfg.run_path()
 
 
 def load_grid(path: str | Path, overrides: dict[str, Any] | None = None, results: str | Path | None = None) -> Grid:
     """Read and fully validate a grid file; ``overrides`` apply to every run (e.g. a tiny CI setting)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"grid file {path} does not exist (grids live in configs/)")
-    spec = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"grid file {path} does not exist (grids live in configs/)")
+    if not path.is_file():
+        raise ConfigError(f"grid file {path} is a directory, not a YAML file (grids live in configs/*.yaml)")
+    try:
+        spec = yaml_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"grid file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"grid file {path} is not valid YAML{where}: {what} (plain YAML only: no !!python tags)") \
+            from None
+    if spec is None:
+        raise ConfigError(f"grid file {path} is empty (expected at least 'methods:' and 'base:'; see configs/demo.yaml)")
     return grid_from_spec(spec, overrides, results, path)
 
 
@@ -74,10 +100,19 @@ def grid_from_spec(spec: dict, overrides: dict | None = None, results: str | Pat
     if unknown:
         raise ConfigError(f"unknown grid key(s) {', '.join(map(repr, unknown))} (accepted: {', '.join(sorted(GRID_KEYS))})")
     name = spec.get("name") or (path.stem if path else "grid")
-    base = dict(spec.get("base") or {})
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
+        raise ConfigError(f"bad value for 'name': {name!r} (accepted: letters, digits, '_', '-', '.', starting with "
+                          "a letter or digit, no '..' and no '/': it names the grid's checkpoint folder)")
+    base = spec.get("base") or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"bad value for 'base': {base!r} (accepted: a mapping of config fields)")
+    base = dict(base)
     axes = spec.get("axes") or {}
     seeds = spec.get("seeds", [base.get("seed", 42)])
-    methods = spec.get("methods") or ["ce"]
+    methods = spec.get("methods", ["ce"])
+    if methods == [] or methods is None:
+        raise ConfigError("bad value for 'methods': an empty list (accepted: a non-empty list of loss names or "
+                          "mappings; leave the key out for plain CE)")
     if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
         raise ConfigError(f"bad value for 'axes': {axes!r} (accepted: a mapping of field -> non-empty list)")
     if not isinstance(seeds, list) or not seeds:
@@ -86,6 +121,8 @@ def grid_from_spec(spec: dict, overrides: dict | None = None, results: str | Pat
         raise ConfigError(f"bad value for 'methods': {methods!r} (accepted: a list of loss names or mappings)")
     runs: list[RunConfig] = []
     keys = list(axes)
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds):
+        raise ConfigError(f"bad value for 'seeds': {seeds!r} (accepted: a non-empty list of integers >= 0)")
     for seed in seeds:  # seed-major order: a grid cut short still covers every method once
         for combo, m in itertools.product(itertools.product(*(axes[k] for k in keys)), methods):
             mdict = {"loss": m} if isinstance(m, str) else dict(m)
@@ -97,7 +134,10 @@ def grid_from_spec(spec: dict, overrides: dict | None = None, results: str | Pat
                 raise ConfigError(f"{where}: {exc}") from None
     labels = {(r.run_path()) for r in runs}
     if len(labels) != len(runs):
-        raise ConfigError(f"{path or 'grid'}: two runs share a results folder; give methods distinct 'label's")
+        clash = sorted(set(keys) & set(overrides or {}))
+        hint = (f"--set {', '.join(clash)} overrides the grid's axis {', '.join(map(repr, clash))}, so its values "
+                "collapse into one; drop the axis or the --set" if clash else "give methods distinct 'label's")
+        raise ConfigError(f"{path or 'grid'}: two runs share a results folder; {hint}")
     for r in runs:
         if r.stage1 and r.run_path().replace(f"/{r.name}/", f"/{r.stage1}/") not in labels:
             raise ConfigError(f"{path or 'grid'}: {r.name!r} starts from stage one {r.stage1!r}, which the grid lacks")
@@ -129,8 +169,9 @@ def ce_twin(cfg: RunConfig) -> RunConfig:
     return make_config({**cfg.to_dict(), "loss": "ce", "label": None, "loss_params": {}, "stage1": None})
 
 
-def alias_target(cfg: RunConfig, grid_paths: set[str]) -> RunConfig | None:
-    """The CE run that stands for ``cfg`` if ``cfg``'s loss is CE by construction for its counts."""
+def alias_target(cfg: RunConfig, grid_runs: dict[str, RunConfig]) -> RunConfig | None:
+    """The grid's CE run that stands for ``cfg`` if ``cfg``'s loss is CE by construction for its counts
+    and that CE run has exactly ``cfg``'s configuration otherwise (same fingerprint as its CE twin)."""
     if cfg.loss == "ce" or cfg.loss not in LOSSES or cfg.sampler != "instance":
         return None
     counts = expected_counts(cfg)
@@ -140,7 +181,8 @@ def alias_target(cfg: RunConfig, grid_paths: set[str]) -> RunConfig | None:
     if not reduces_to_ce(cfg.loss, counts, **params):
         return None
     twin = ce_twin(cfg)
-    if twin.run_path() not in grid_paths:
+    ce = grid_runs.get(twin.run_path())
+    if ce is None or ce.fingerprint() != twin.fingerprint():  # e.g. the CE entry has another lr
         return None
     if not check_ce_equivalence(cfg.loss, counts, cfg.loss_params):
         raise RuntimeError(f"{cfg.loss} claims to equal CE for these counts but the numerical check disagrees")
@@ -152,12 +194,12 @@ def alias_target(cfg: RunConfig, grid_paths: set[str]) -> RunConfig | None:
 
 def plan(grid: Grid, dedupe: bool = True) -> list[tuple[RunConfig, str, RunConfig | None]]:
     """(run, status, alias target) for every run; status as :func:`run_status`, plus 'locked' / 'partial'."""
-    paths = {r.run_path() for r in grid.runs}
+    runs = {r.run_path(): r for r in grid.runs}
     out = []
     for r in grid.runs:
-        st = run_status(grid.run_dir(r))
-        target = alias_target(r, paths) if dedupe else None
-        if st in ("missing", "failed") and _locked(grid, r):
+        st = run_status(grid.run_dir(r), r.fingerprint())
+        target = alias_target(r, runs) if dedupe else None
+        if st in ("missing", "failed", "alias-pending") and _locked(grid, r):
             st = "running"
         elif st == "missing" and (grid.ckpt_dir(r) / "last.pt").exists():
             st = "partial"
@@ -179,11 +221,9 @@ def progress(grid: Grid, cfg: RunConfig) -> str:
 
 
 def _locked(grid: Grid, cfg: RunConfig) -> bool:
-    try:
-        with run_lock(grid.ckpt_dir(cfg) / ".lock"):
-            return False
-    except LockHeld:
-        return True
+    """A runner holds the run (``.lock``) or a process is training it (``.train.lock``, held by the
+    training process itself, so it outlives a killed runner). Read-only."""
+    return is_locked(grid.ckpt_dir(cfg) / ".lock") or is_locked(grid.ckpt_dir(cfg) / ".train.lock")
 
 
 def papermill_command(grid: Grid, cfg: RunConfig, out_nb: Path, params_file: Path) -> list[str]:
@@ -203,53 +243,180 @@ def notebook_parameters(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
             "smoke": False, "show_progress": True}
 
 
+KERNEL_START_ERRORS = ("Kernel died before replying to kernel_info", "Kernel didn't respond", "NoSuchKernel")
+_RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGTERM when the thread that started it dies (even by kill -9), so an
+    orphaned notebook never trains on; its kernel follows papermill (ipykernel's parent poller)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _papermill(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run papermill as a child this process can stop (Ctrl-C / SIGTERM on the runner stops it too)."""
+    pdeath = _die_with_parent if sys.platform.startswith("linux") else None
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=pdeath)  # noqa: PLW1509
+    with _RUNNING_LOCK:
+        _RUNNING.add(proc)
+    try:
+        out, err = proc.communicate()
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def stop_running(grace: float = 20.0) -> None:
+    """Stop every papermill child (SIGINT, then SIGKILL after ``grace`` seconds); checkpoints stay for a resume."""
+    STOP.set()
+    with _RUNNING_LOCK:
+        procs = list(_RUNNING)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.time() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+TRAIN_LOCK_WAIT = 90.0  # s: a stopped runner's notebook (a requeued job's predecessor) takes a moment to exit
+
+
+def _wait_for_training(lock: Path, seconds: float) -> bool:
+    """True if a process still trains the run after waiting up to ``seconds`` for it to stop."""
+    deadline = time.time() + seconds
+    while is_locked(lock):
+        if time.time() > deadline or STOP.is_set():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _no_cell_ran(nb_path: Path) -> bool:
+    try:
+        nb = json.loads(nb_path.read_text())
+    except (OSError, ValueError):
+        return True
+    return not any(c.get("execution_count") for c in nb.get("cells", []) if c.get("cell_type") == "code")
+
+
+def _stage1_problem(grid: Grid, cfg: RunConfig) -> str | None:
+    """Why a stage-two run cannot start from its stage one's checkpoint (None: it can)."""
+    if not cfg.stage1:
+        return None
+    s1_path = cfg.run_path().replace(f"/{cfg.name}/", f"/{cfg.stage1}/")
+    s1 = next((r for r in grid.runs if r.run_path() == s1_path), None)
+    if s1 is None:
+        return None
+    path = grid.ckpt_dir(s1) / "final.pt"
+    if not path.exists():
+        return f"stage-one checkpoint {path} is missing; run {cfg.stage1!r} first"
+    import torch
+
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, or not a plain-tensor checkpoint
+        return f"stage-one checkpoint {path} is unreadable ({type(exc).__name__}); re-run {cfg.stage1!r} with --force"
+    if ck.get("fingerprint") != s1.fingerprint():
+        return (f"stage-one checkpoint {path} is from another configuration (fingerprint {ck.get('fingerprint')} != "
+                f"{s1.fingerprint()}); re-run {cfg.stage1!r} with --force")
+    return None
+
+
 def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, log: Callable[[str], None] = print,
                 force: bool = False) -> str:
-    """Execute one run's notebook with papermill; returns 'done', 'failed' or 'skipped'.
+    """Execute one run's notebook with papermill; returns 'done', 'failed', 'skipped' or 'interrupted'.
 
-    'skipped': another process holds the run's lock, or finished it between this
-    process's plan and now (checked again under the lock, so two ``ltkit grid run``
-    on one results folder never train a run twice).
+    'skipped': another process holds the run's lock or is training it, or finished it between
+    this process's plan and now (checked again under the lock, so two ``ltkit grid run`` on one
+    results folder never train a run twice). The notebook is executed into the checkpoint folder
+    and moved into the run folder whole; ``complete.json`` is written last, so a run killed at any
+    moment is never taken for done. A kernel that dies before running a cell (papermill issue
+    #511) is retried once. A disk error fails the run, not the grid.
     """
-    import json
-
     run_dir, ckpt = grid.run_dir(cfg), grid.ckpt_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if STOP.is_set():
+        return "interrupted"
+    start = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    t0 = time.time()
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
         with run_lock(ckpt / ".lock"):
-            if not force and run_status(run_dir) == "done":
+            if _wait_for_training(ckpt / ".train.lock", TRAIN_LOCK_WAIT):
+                log(f"skip {cfg.run_path()}: another process is still training it (pid in {ckpt / '.train.lock'})")
+                return "skipped"
+            if not force and run_status(run_dir, cfg.fingerprint()) == "done":
                 log(f"skip {cfg.run_path()}: finished by another process meanwhile")
                 return "skipped"
             if force:
                 _set_aside(run_dir, ckpt)
+            problem = _stage1_problem(grid, cfg)
+            if problem:
+                record_failure(run_dir, cfg, start, time.time() - t0, problem)
+                log(f"FAILED {cfg.run_path()}: {problem}")
+                return "failed"
             params_file = ckpt / "parameters.yaml"
             atomic_write_text(params_file, yaml.safe_dump(notebook_parameters(grid, cfg)))
-            out_nb = run_dir / "train.ipynb"
-            cmd = papermill_command(grid, cfg, out_nb, params_file)
+            partial = ckpt / "train.partial.ipynb"
+            cmd = papermill_command(grid, cfg, partial, params_file)
             full_env = {**os.environ, **(env or {}), "LTKIT_COMMAND": " ".join(cmd), "PYTHONUNBUFFERED": "1"}
-            t0 = time.time()
-            start = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True)
-            status = run_status(run_dir)
-            if proc.returncode == 0 and status == "done":
-                return "done"
-            err = notebook_error(out_nb) or (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+            for attempt in (1, 2):
+                proc = _papermill(cmd, full_env)
+                if STOP.is_set():
+                    log(f"interrupted {cfg.run_path()}: its checkpoint stays; re-run the grid to resume")
+                    return "interrupted"
+                died_at_start = any(e in proc.stderr for e in KERNEL_START_ERRORS) and _no_cell_ran(partial)
+                if proc.returncode == 0 or not died_at_start or attempt == 2:
+                    break
+                log(f"retry {cfg.run_path()}: the kernel died before running a cell")
+                time.sleep(1.0)
+            if partial.exists():  # the executed notebook, whole, also on failure (it keeps the traceback)
+                atomic_write_bytes(run_dir / "train.ipynb", partial.read_bytes())
+                partial.unlink()
+            if proc.returncode == 0 and run_status(run_dir) != "failed" and (run_dir / "metrics.json").exists():
+                from .results import load_metrics
+
+                if load_metrics(run_dir) is not None:
+                    mark_complete(run_dir, cfg.fingerprint())
+                    return "done"
+            err = notebook_error(run_dir / "train.ipynb") or (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
             prov = run_dir / "provenance.json"
             if not prov.exists() or json.loads(prov.read_text()).get("status") != "failed":
                 record_failure(run_dir, cfg, start, time.time() - t0, err)
             log(f"FAILED {cfg.run_path()}: {err}")
             return "failed"
-    except LockHeld:
-        log(f"skip {cfg.run_path()}: another process is running it")
+    except LockHeld as exc:
+        log(f"skip {cfg.run_path()}: {exc}")
         return "skipped"
+    except OSError as exc:  # disk full, permissions: this run fails, the grid goes on
+        err = f"{type(exc).__name__}: {exc}"
+        try:
+            record_failure(run_dir, cfg, start, time.time() - t0, err)
+        except OSError:
+            pass
+        log(f"FAILED {cfg.run_path()}: {err}")
+        return "failed"
 
 
 def _set_aside(run_dir: Path, ckpt: Path) -> None:
-    """--force: train afresh. The old metrics and checkpoints are renamed ``*.replaced``, not
-    deleted, and a preempted forced run then resumes from its *new* checkpoint."""
-    for f in (run_dir / "metrics.json", ckpt / "last.pt", ckpt / "final.pt"):
+    """--force: train afresh. The old metrics and checkpoints are renamed ``*.replaced-<UTC time>``
+    (each generation kept), not deleted, and a preempted forced run then resumes from its *new*
+    checkpoint."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{time.time_ns() % 1_000_000:06d}"
+    for f in (run_dir / "complete.json", run_dir / "metrics.json", ckpt / "last.pt", ckpt / "final.pt"):
         if f.exists():
-            os.replace(f, f.with_name(f.name + ".replaced"))
+            os.replace(f, f.with_name(f"{f.name}.replaced-{stamp}"))
 
 
 def gpu_slots(runs_per_gpu: int | str = "auto", jobs: int | None = None) -> list[str | None]:
@@ -280,14 +447,18 @@ def pending_runs(grid: Grid, force: bool = False, dedupe: bool = True) -> tuple[
     Returns (runs to execute, summary with 'skipped' and 'aliased' filled); shared
     by the local queue and the submitit path so both skip and alias alike.
     """
-    todo, summary = [], {"done": [], "skipped": [], "aliased": [], "failed": []}
+    todo, summary = [], {"done": [], "skipped": [], "aliased": [], "failed": [], "stale": [], "interrupted": []}
     for cfg, status, target in plan(grid, dedupe):
         if status in ("done", "alias") and not force:
             summary["skipped"].append(cfg.run_path())
             continue
+        if status == "stale" and not force:  # never reused, never overwritten without being asked
+            summary["stale"].append(cfg.run_path())
+            continue
         if target is not None:
             write_alias(grid.run_dir(cfg), cfg, target.run_path(),
-                        f"{cfg.loss} reduces to softmax CE for these training counts (checked numerically)")
+                        f"{cfg.loss} reduces to softmax CE for these training counts (checked numerically)",
+                        target.fingerprint())
             summary["aliased"].append(cfg.run_path())
             continue
         todo.append(cfg)
@@ -321,15 +492,33 @@ def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | N
 
     from tqdm.auto import tqdm
 
+    STOP.clear()
     for phase in phases(todo):
         with ThreadPoolExecutor(max_workers=len(slots)) as pool, tqdm(total=len(phase), desc=grid.name, unit="run") as bar:
             futures = []
-            for cfg in phase:
-                futures.append(pool.submit(worker, cfg))
-                if len(futures) <= len(slots):
-                    time.sleep(stagger)  # kernels started at the same instant can collide on ZMQ ports
-            for fut in futures:
-                cfg, st = fut.result()
-                summary["done" if st == "done" else "failed" if st == "failed" else "skipped"].append(cfg.run_path())
-                bar.update()
+            try:
+                for cfg in phase:
+                    futures.append(pool.submit(worker, cfg))
+                    if len(futures) <= len(slots):
+                        time.sleep(stagger)  # kernels started at the same instant can collide on ZMQ ports
+                for fut in futures:
+                    cfg, st = fut.result()
+                    key = st if st in ("done", "failed", "interrupted") else "skipped"
+                    summary[key].append(cfg.run_path())
+                    bar.update()
+            except KeyboardInterrupt:  # Ctrl-C (or SIGTERM, see the CLI): stop now, keep what finished
+                log("interrupted: stopping the running notebooks; finished runs are kept, re-run to resume")
+                pool.shutdown(wait=False, cancel_futures=True)
+                stop_running()
+                for fut, cfg in zip(futures, phase, strict=False):
+                    if fut.done() and not fut.cancelled():
+                        _, st = fut.result()
+                        if cfg.run_path() not in summary.get(st, []):
+                            summary.setdefault(st if st in summary else "skipped", []).append(cfg.run_path())
+                    elif cfg.run_path() not in summary["interrupted"]:
+                        summary["interrupted"].append(cfg.run_path())
+                summary["interrupted"] += [c.run_path() for c in phase[len(futures):]]
+                return summary
+        if STOP.is_set():
+            break
     return summary

@@ -19,11 +19,20 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, with the mode a plain ``open`` would give (0666 less the umask):
+    ``mkstemp`` creates 0600 files, which a shared results folder on a cluster could not show to colleagues."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -50,8 +59,8 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True, default=_json_default) + "\n")
 
 
 def atomic_write_csv(path: str | Path, frame: Any) -> Path:
@@ -67,6 +76,30 @@ def atomic_torch_save(path: str | Path, obj: Any) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` that reads ``1e-3`` as a number (YAML 1.1, which PyYAML follows, wants ``1.0e-3``).
+
+    Learning rates are written ``1e-3`` in every paper and config; a string there would be refused
+    by the config check although the user meant a valid number. ``!!python`` tags stay refused.
+    """
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+        list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def read_json(path: str | Path) -> Any:
@@ -97,28 +130,58 @@ class LockHeld(RuntimeError):
     """Another process holds the lock of this run."""
 
 
+def _open_lock(path: Path, create: bool) -> int:
+    """A lock file's descriptor, never through a symbolic link (a planted link must not be overwritten)."""
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | (os.O_CREAT if create else 0)
+    try:
+        return os.open(path, flags, 0o666 & ~_umask())
+    except OSError as exc:
+        if path.is_symlink():
+            raise LockHeld(f"{path} is a symbolic link; refusing to use it as a lock (remove it)") from exc
+        raise
+
+
 @contextlib.contextmanager
 def run_lock(path: str | Path) -> Iterator[Path]:
     """Exclusive, non-blocking lock on ``path`` (``fcntl.flock``).
 
     Two grid commands on the same results folder never execute the same run:
     the second one gets :class:`LockHeld` and skips it. The kernel releases the
-    lock when the holder dies, so a killed run does not leave a stale lock.
+    lock when the holder dies, so a killed run does not leave a stale lock. The
+    holder's pid is written into the file for people reading it.
     """
     import fcntl
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "a+")
+    fd = _open_lock(path, create=True)
     try:
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             raise LockHeld(f"run is locked by another process: {path}") from exc
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
         yield path
     finally:
-        fh.close()
+        os.close(fd)
+
+
+def is_locked(path: str | Path) -> bool:
+    """Whether some process holds the lock at ``path``; read-only: creates and writes nothing."""
+    import fcntl
+
+    path = Path(path)
+    if not path.exists() or path.is_symlink():
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

@@ -43,8 +43,12 @@ def load_stage1(ctx, ckpt_dir: Path | None) -> nn.Module:
     path = stage1_dir(ckpt_dir, ctx.cfg) / "final.pt"
     if not path.exists():
         raise FileNotFoundError(f"{ctx.cfg.loss}: stage-one checkpoint {path} is missing; run {ctx.cfg.stage1!r} first")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    if ck["model_name"] != ctx.cfg.model:
+    try:  # tensors and plain types only: loading a checkpoint never runs code
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RuntimeError(f"{path}: unreadable stage-one checkpoint ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200]}); re-run {ctx.cfg.stage1!r} (--force)") from None
+    if ck.get("model_name") != ctx.cfg.model:
         raise RuntimeError(f"{path}: stage-one model is {ck['model_name']!r}, this run wants {ctx.cfg.model!r}")
     model = build_model(make_config(ck["config"]), ctx.ds.num_classes)
     model.load_state_dict(ck["model"])
@@ -129,42 +133,84 @@ def tau_norm(ctx, ckpt_dir: Path | None, tau: float | None = None):
     return model, _history([]), {"tau": tau, "tau_search": table}
 
 
-def _train_head(ctx, feats: torch.Tensor, labels: torch.Tensor, head: nn.Module, params, epochs: int,
-                lr: float) -> pd.DataFrame:
+def _feature_source(ctx, model: nn.Module, augment_images: bool | None):
+    """Where the classifier's training inputs come from, per batch of training-image indices.
+
+    Kang et al. (2020) re-train the classifier on *augmented* images passed through the frozen
+    backbone (a fresh crop and flip every epoch): ``augment_images=True``, the default for the
+    cao2019 protocol. ``False`` caches the un-augmented features once (one backbone pass in all,
+    much cheaper on the 224-px backbones): the default elsewhere. Returns (function, description).
+    """
+    from .loader import augment
+    from .models import get_classifier
+    from .train import features_and_logits
+
+    if augment_images is None:
+        augment_images = ctx.cfg.protocol == "cao2019"
+    if not augment_images:
+        feats, _ = features_and_logits(ctx, model, ctx.train)
+        return (lambda idx, epoch: feats[idx]), "cached un-augmented features"
+    clf = get_classifier(model, ctx.cfg.model)
+    gen = torch.Generator(device=ctx.device)
+    grabbed: list[torch.Tensor] = []
+    hook = clf.register_forward_hook(lambda m, inp, out: grabbed.append(inp[0].detach().float()))
+
+    @torch.no_grad()
+    def fn(idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        if epoch != getattr(fn, "epoch", None):  # one seeded stream of crops and flips per epoch
+            gen.manual_seed(ctx.cfg.seed * 100_003 + 50_000 + epoch)
+            fn.epoch = epoch
+        model.eval()
+        x = augment(ctx.train.images[idx], ctx.cfg.image_size, ctx.mean, ctx.std, gen)
+        if ctx.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        grabbed.clear()
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.amp):
+            model(x)
+        return grabbed[0]
+
+    fn.remove_hook = hook.remove
+    return fn, "augmented images through the frozen backbone (Kang et al. 2020)"
+
+
+def _train_head(ctx, features, head: nn.Module, params, epochs: int, lr: float) -> pd.DataFrame:
+    """SGD on the classifier alone, class-balanced sampling, cosine schedule (Kang et al. 2020, section 4)."""
     from .loader import epoch_indices
 
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    labels_np = labels.cpu().numpy()
+    labels = ctx.train.labels
     rows = []
     for epoch in range(epochs):
-        order = epoch_indices("class_balanced", labels_np, ctx.ds.train_counts, epoch, epochs, ctx.cfg.seed + 1)
+        order = epoch_indices("class_balanced", ctx.train.labels_np, ctx.ds.train_counts, epoch, epochs, ctx.cfg.seed + 1)
         total = 0.0
         for start in range(0, len(order), ctx.cfg.batch_size):
-            idx = torch.from_numpy(order[start:start + ctx.cfg.batch_size]).to(feats.device)
-            loss = F.cross_entropy(head(feats[idx]), labels[idx])
+            idx = torch.from_numpy(order[start:start + ctx.cfg.batch_size]).to(ctx.device)
+            with torch.enable_grad():
+                loss = F.cross_entropy(head(features(idx, epoch)), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
         sched.step()
         rows.append({"epoch": epoch, "lr": sched.get_last_lr()[0], "train_loss": total / len(order)})
+    if hasattr(features, "remove_hook"):
+        features.remove_hook()
     return _history(rows)
 
 
 @STAGE2.register("crt")
-def crt(ctx, ckpt_dir: Path | None, lr: float = 0.1):
-    """Classifier re-training: a fresh classifier on frozen stage-one features, class-balanced sampling."""
+def crt(ctx, ckpt_dir: Path | None, lr: float = 0.1, augment: bool | None = None):
+    """Classifier re-training: a fresh classifier on the frozen stage-one backbone, class-balanced sampling."""
     from .models import get_classifier, set_classifier
-    from .train import features_and_logits
 
     model = load_stage1(ctx, ckpt_dir)
-    feats, _ = features_and_logits(ctx, model, ctx.train)
+    features, how = _feature_source(ctx, model, augment)
     old = get_classifier(model, ctx.cfg.model)
     new = type(old)(old.in_features, old.out_features).to(ctx.device)  # Linear or NormedLinear, fresh
-    hist = _train_head(ctx, feats, ctx.train.labels, new, new.parameters(), ctx.cfg.stage2_epochs, lr)
+    hist = _train_head(ctx, features, new, new.parameters(), ctx.cfg.stage2_epochs, lr)
     set_classifier(model, ctx.cfg.model, new)
-    return model.eval(), hist, {}
+    return model.eval(), hist, {"features": how}
 
 
 class _Scaled(nn.Module):
@@ -179,21 +225,20 @@ class _Scaled(nn.Module):
 
 
 @STAGE2.register("lws")
-def lws(ctx, ckpt_dir: Path | None, lr: float = 0.1):
+def lws(ctx, ckpt_dir: Path | None, lr: float = 0.1, augment: bool | None = None):
     """Learnable weight scaling: one scale f_j per class on the frozen classifier."""
     from .models import get_classifier, set_classifier
-    from .train import features_and_logits
 
     model = load_stage1(ctx, ckpt_dir)
-    feats, _ = features_and_logits(ctx, model, ctx.train)
+    features, how = _feature_source(ctx, model, augment)
     clf = get_classifier(model, ctx.cfg.model)
     for p in clf.parameters():
         p.requires_grad_(False)
     scale = nn.Parameter(torch.ones(ctx.ds.num_classes, device=ctx.device))
-    head = _Scaled(clf, scale)  # trained on cached features, then put in the model as its classifier
-    hist = _train_head(ctx, feats, ctx.train.labels, head, [scale], ctx.cfg.stage2_epochs, lr)
+    head = _Scaled(clf, scale)  # trained on the backbone's features, then put in the model as its classifier
+    hist = _train_head(ctx, features, head, [scale], ctx.cfg.stage2_epochs, lr)
     set_classifier(model, ctx.cfg.model, head)
-    return model.eval(), hist, {"scales": scale.detach().cpu().numpy().round(4).tolist()}
+    return model.eval(), hist, {"scales": scale.detach().cpu().numpy().round(4).tolist(), "features": how}
 
 
 # --------------------------------------------------------------------------- two experts

@@ -1,4 +1,4 @@
-"""Top-1, per-class and per-group accuracy, macro-F1, relative accuracy, bootstrap intervals.
+"""Top-1, per-class and per-group accuracy, macro-F1, relative accuracy, 95% intervals.
 
 Group accuracies are pooled over the images of the group's classes, as the
 thesis reports them (e.g. 38 tail images on its long-tailed test set); on a
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .stats import bootstrap_accuracy_ci
+from .stats import accuracy_ci
 
 
 def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -38,14 +38,14 @@ def split_metrics(pred: np.ndarray, labels: np.ndarray, groups: dict[str, np.nda
     out = {f"{prefix}.top1": float(correct.mean()), f"{prefix}.n": int(len(labels)),
            f"{prefix}.macro_f1": macro_f1(pred, labels, k)}
     if bootstrap:
-        lo, hi = bootstrap_accuracy_ci(correct, labels, n_boot=bootstrap, seed=seed)
+        lo, hi = accuracy_ci(correct, labels)
         out[f"{prefix}.top1_ci_low"], out[f"{prefix}.top1_ci_high"] = lo, hi
     for g, mask in groups.items():
         sel = mask[labels]
         out[f"{prefix}.{g}"] = float(correct[sel].mean()) if sel.any() else float("nan")
         out[f"{prefix}.{g}_n"] = int(sel.sum())
         if bootstrap and sel.any():
-            lo, hi = bootstrap_accuracy_ci(correct[sel], labels[sel], n_boot=bootstrap, seed=seed)
+            lo, hi = accuracy_ci(correct[sel], labels[sel])
             out[f"{prefix}.{g}_ci_low"], out[f"{prefix}.{g}_ci_high"] = lo, hi
     return out
 

@@ -73,21 +73,25 @@ def set_classifier(model: nn.Module, name: str, module: nn.Module) -> None:
         setattr(parent, attr, module)
 
 
-MODELS.register("resnet50", classifier="fc", family="thesis")(
+# Pinned weight tags (never "DEFAULT", which moves between releases); recorded in each run's provenance.
+MODELS.register("resnet50", classifier="fc", family="thesis", weights="torchvision ResNet50_Weights.IMAGENET1K_V2")(
     _torchvision("resnet50", "resnet50", "ResNet50_Weights", "IMAGENET1K_V2", "fc"))
-MODELS.register("mobilenet_v2", classifier="classifier.1", family="thesis")(
+MODELS.register("mobilenet_v2", classifier="classifier.1", family="thesis",
+                weights="torchvision MobileNet_V2_Weights.IMAGENET1K_V1")(
     _torchvision("mobilenet_v2", "mobilenet_v2", "MobileNet_V2_Weights", "IMAGENET1K_V1", "classifier.1"))
-MODELS.register("convnext_base", classifier="classifier.2", family="thesis")(
-    _torchvision("convnext_base", "convnext_base", "ConvNeXt_Base_Weights", "DEFAULT", "classifier.2"))
+MODELS.register("convnext_base", classifier="classifier.2", family="thesis",
+                weights="torchvision ConvNeXt_Base_Weights.IMAGENET1K_V1")(
+    _torchvision("convnext_base", "convnext_base", "ConvNeXt_Base_Weights", "IMAGENET1K_V1", "classifier.2"))
+VIT_TAG = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
 
 
-@MODELS.register("vit_b_16", classifier="head", family="thesis")
+@MODELS.register("vit_b_16", classifier="head", family="thesis", weights=f"timm {VIT_TAG}")
 def vit_b_16(num_classes: int, pretrained: bool = False, **_: object) -> nn.Module:
-    """timm ``vit_base_patch16_224`` (ImageNet-21k pretrain, ImageNet-1k fine-tune), new head."""
+    """timm ``vit_base_patch16_224.augreg2_in21k_ft_in1k`` (ImageNet-21k pretrain, ImageNet-1k fine-tune), new head."""
     import timm
 
     try:
-        return timm.create_model("vit_base_patch16_224", pretrained=pretrained, num_classes=num_classes)
+        return timm.create_model(VIT_TAG, pretrained=pretrained, num_classes=num_classes)
     except Exception as exc:
         if pretrained:
             raise _weights_error("vit_b_16", exc) from exc

@@ -85,8 +85,29 @@ def collect(root: str | Path) -> pd.DataFrame:
                 row["device_name"] = prov.get("device_name")
                 row["git_commit"] = (prov.get("git") or {}).get("commit")
                 row["end"] = prov.get("end")
+                ds = prov.get("dataset") or {}
+                row["normalization"] = (ds.get("normalization") or {}).get("kind", "dataset")
+                row["legacy"] = "; ".join(legacy_reasons(prov))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def legacy_reasons(prov: dict) -> list[str]:
+    """What makes a run's numbers not comparable with today's protocol (empty: nothing).
+
+    Runs made before the recipes' own normalisation constants became the default (their provenance
+    records no ``normalization``: they used the data set's statistics), and cao2019 runs made before
+    the split drew Cao et al.'s images (no ``subset`` in their dataset record: the first n_i of each
+    class), are kept as they are and labelled, never silently re-read as current.
+    """
+    ds = prov.get("dataset") or {}
+    params = prov.get("parameters") or {}
+    out = []
+    if "normalization" not in ds:
+        out.append("made before recipe normalisation (used the data's own mean/std)")
+    if params.get("protocol") == "cao2019" and "subset" not in (ds.get("meta") or {}):
+        out.append("made with the old cao2019 subset (first n_i images per class, not Cao et al.'s draw)")
+    return out
 
 
 def _safe_json(path: Path) -> dict | None:
@@ -98,6 +119,14 @@ def _safe_json(path: Path) -> dict | None:
 
 def finished(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"].isin(["done", "alias"])] if len(df) else df
+
+
+def split_legacy(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs comparable with today's protocol, runs labelled legacy by :func:`legacy_reasons`)."""
+    if not len(df) or "legacy" not in df:
+        return df, df.iloc[0:0]
+    old = df["legacy"].fillna("").astype(bool)
+    return df[~old], df[old]
 
 
 def failed(df: pd.DataFrame) -> pd.DataFrame:
@@ -114,7 +143,7 @@ def failed(df: pd.DataFrame) -> pd.DataFrame:
 def mean_std_table(df: pd.DataFrame, index: list[str], metrics: dict[str, str], scale: float = 100.0,
                    digits: int = 2) -> pd.DataFrame:
     """'mean ± std' over seeds per group; for a single seed, 'value [low, high]' with the run's own
-    95% bootstrap interval over its test images (``<key>_ci_low/high`` in metrics.json), so a
+    95% interval over its test images (:func:`ltkit.stats.accuracy_ci`) (``<key>_ci_low/high`` in metrics.json), so a
     one-seed table still shows how wide a 38-image tail column is."""
     out = {}
     for key, name in metrics.items():
@@ -226,9 +255,12 @@ def compare_to_baseline(df: pd.DataFrame, key: str, by: list[str], baseline: str
     """Each method minus the baseline, paired across seeds, with its 95% t-interval.
 
     With a single seed, falls back to a paired bootstrap over the test images
-    from the runs' saved predictions.
+    from the runs' saved predictions (:func:`ltkit.stats.bootstrap_difference`).
+    The table is one family of tests: ``p_adj`` are Benjamini-Hochberg adjusted
+    p-values over all its rows, and ``significant`` means ``p_adj`` < 0.05 (the
+    intervals themselves are per comparison, unadjusted).
     """
-    from .stats import bootstrap_difference
+    from .stats import adjust_pvalues, bootstrap_difference
 
     rows = []
     for grp, g in df.groupby(by):
@@ -253,7 +285,11 @@ def compare_to_baseline(df: pd.DataFrame, key: str, by: list[str], baseline: str
             else:
                 continue
             rows.append({**dict(zip(by, grp if isinstance(grp, tuple) else (grp,), strict=True)), "method": method, **r})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["p_adj"] = adjust_pvalues(out["p"].to_numpy())
+        out["significant"] = out["p_adj"] < 0.05
+    return out
 
 
 def _predictions(path: str, split: str):

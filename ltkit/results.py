@@ -8,19 +8,26 @@ A run directory ``results/<protocol>/<dataset tag>/<model>/<method>/seed<k>/`` h
 * ``per_class.csv``, ``history.csv``, ``predictions.npz``;
 * ``provenance.json``: parameters, command, git commit, versions, device,
   start / end time, wall seconds, status;
+* ``complete.json``: written last, by the grid runner, once every file above is
+  in place (the notebook included); it records the configuration fingerprint;
 * or ``alias.json`` instead: the run is identical to CE by construction and
-  points at the CE run that stands for it.
+  points at the CE run that stands for it (and records that run's fingerprint).
 
-Every file is written atomically.
+Every file is written atomically. A run is *done* only with a valid
+``metrics.json`` and a ``complete.json`` whose fingerprint is the run's
+configuration's; with another fingerprint it is *stale* (the grid was edited
+after it ran) and is never reused silently.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import io
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -72,13 +79,36 @@ def load_metrics(run_dir: str | Path) -> dict | None:
 
 
 def git_commit(cwd: str | Path | None = None) -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
+    """The checkout's commit SHA and whether ``ltkit/`` has uncommitted changes.
+
+    ``LTKIT_GIT_COMMIT`` wins (set where the tree travels without its ``.git``); without either,
+    the commit is ``"unknown"``, never a guess (``git rev-parse HEAD`` outside a repository
+    prints ``HEAD``).
+    """
+    env_sha = os.environ.get("LTKIT_GIT_COMMIT")
+    if env_sha:
+        return {"commit": env_sha, "dirty": None}
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
 
     try:
-        return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", "ltkit"))}
+        head = git("rev-parse", "--verify", "HEAD")
+        sha = head.stdout.strip()
+        if head.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40}", sha):
+            return {"commit": "unknown", "dirty": None}
+        return {"commit": sha, "dirty": bool(git("status", "--porcelain", "--", "ltkit").stdout.strip())}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": os.environ.get("LTKIT_GIT_COMMIT"), "dirty": None}
+        return {"commit": "unknown", "dirty": None}
+
+
+def packages_digest() -> dict[str, Any]:
+    """SHA256 of the sorted ``name==version`` list of installed distributions (what ``pip freeze`` shows)."""
+    from importlib import metadata
+
+    pins = sorted({f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in metadata.distributions()
+                   if d.metadata["Name"]})
+    return {"packages_sha256": hashlib.sha256("\n".join(pins).encode()).hexdigest(), "packages": len(pins)}
 
 
 def environment() -> dict[str, Any]:
@@ -88,9 +118,7 @@ def environment() -> dict[str, Any]:
 
     cuda = torch.cuda.is_available()
     commit = git_commit(Path(__file__).resolve().parent.parent)
-    if os.environ.get("LTKIT_GIT_COMMIT"):  # set where the tree travels without its .git (lent GPU)
-        commit = {"commit": os.environ["LTKIT_GIT_COMMIT"], "dirty": None}
-    return {
+    return {**packages_digest(),
         "ltkit_version": __version__, "git": commit, "python": sys.version.split()[0], "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda else None, "device_name": torch.cuda.get_device_name(0) if cuda else
         f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
@@ -130,18 +158,45 @@ def record_failure(out_dir: str | Path, cfg, start: str, wall: float, error: str
     atomic_write_json(Path(out_dir) / "provenance.json", provenance(cfg, start, wall, status="failed", error=error))
 
 
-def write_alias(out_dir: str | Path, cfg, target_path: str, reason: str) -> None:
+def write_alias(out_dir: str | Path, cfg, target_path: str, reason: str, target_fingerprint: str) -> None:
     atomic_write_json(Path(out_dir) / "alias.json", {"alias_of": target_path, "reason": reason,
-                                                     "parameters": cfg.to_dict(), "written": now()})
+                                                     "parameters": cfg.to_dict(), "fingerprint": cfg.fingerprint(),
+                                                     "target_fingerprint": target_fingerprint, "written": now()})
 
 
-def run_status(run_dir: str | Path) -> str:
-    """done / alias / failed / missing (a lock or checkpoint is checked by the grid)."""
+def mark_complete(run_dir: str | Path, fingerprint: str) -> None:
+    """The last write of a finished run: every other file is in place."""
+    atomic_write_json(Path(run_dir) / "complete.json", {"fingerprint": fingerprint, "completed": now()})
+
+
+def _fingerprint_of(path: Path) -> str | None:
+    try:
+        return read_json(path).get("fingerprint")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def run_status(run_dir: str | Path, fingerprint: str | None = None) -> str:
+    """done / stale / alias / failed / missing (locks and checkpoints are checked by the grid).
+
+    *done* needs a valid ``metrics.json`` and ``complete.json``; with ``fingerprint`` given, a
+    finished run (or alias) made with another configuration is *stale*. An alias is *alias* only
+    while the CE run it points to is done with the fingerprint the alias recorded.
+    """
     run_dir = Path(run_dir)
-    if load_metrics(run_dir) is not None:
-        return "done"
-    if (run_dir / "alias.json").exists():
-        return "alias"
+    if (run_dir / "complete.json").exists() and load_metrics(run_dir) is not None:
+        done_fp = _fingerprint_of(run_dir / "complete.json")
+        return "stale" if fingerprint is not None and done_fp != fingerprint else "done"
+    alias = run_dir / "alias.json"
+    if alias.exists():
+        try:
+            a = read_json(alias)
+        except (OSError, json.JSONDecodeError):
+            return "missing"
+        if fingerprint is not None and a.get("fingerprint") != fingerprint:
+            return "stale"
+        target = run_dir.parents[4] / a.get("alias_of", "")
+        return "alias" if run_status(target, a.get("target_fingerprint")) == "done" else "alias-pending"
     prov = run_dir / "provenance.json"
     if prov.exists():
         try:

@@ -15,25 +15,33 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
-from .grid import REPO, Grid, execute_run, grid_from_spec, pending_runs, phases
+from .config import ConfigError, RunConfig
+from .grid import Grid, execute_run, pending_runs, phases
 from .io import atomic_write_json
 
 SLURM_KEYS = {"partition": "slurm_partition", "gpus_per_node": "gpus_per_node", "timeout_min": "timeout_min",
               "mem_gb": "mem_gb", "cpus_per_task": "cpus_per_task", "array_parallelism": "slurm_array_parallelism",
-              "account": "slurm_account", "qos": "slurm_qos", "constraint": "slurm_constraint"}
-SLURM_DEFAULTS = {"gpus_per_node": 1, "timeout_min": 240, "mem_gb": 32, "cpus_per_task": 8, "array_parallelism": 16}
+              "account": "slurm_account", "qos": "slurm_qos", "constraint": "slurm_constraint",
+              "max_num_timeout": "slurm_max_num_timeout", "signal_delay_s": "slurm_signal_delay_s"}
+# 90-epoch runs on a preemptible partition can be requeued many times: submitit's own default is 3.
+SLURM_DEFAULTS = {"gpus_per_node": 1, "timeout_min": 240, "mem_gb": 32, "cpus_per_task": 8, "array_parallelism": 16,
+                  "max_num_timeout": 20, "signal_delay_s": 120}
 
 
 class RunJob:
-    """A picklable job: execute one run of a grid; requeue itself on preemption."""
+    """A picklable job: execute one run of a grid; requeue itself on preemption.
 
-    def __init__(self, spec: dict, results: str, run_path: str, force: bool = False) -> None:
-        self.spec, self.results, self.run_path, self.force = spec, results, run_path, force
+    It carries the *resolved* configuration of its run (and of its stage one), as the submitting
+    command built it with every ``--set`` applied: the node never re-reads the grid file.
+    """
+
+    def __init__(self, name: str, results: str, runs: list[dict], run_path: str, force: bool = False) -> None:
+        self.name, self.results, self.runs, self.run_path, self.force = name, results, runs, run_path, force
 
     def _grid_and_cfg(self):
-        grid = grid_from_spec(self.spec, results=self.results)
-        cfg = next(r for r in grid.runs if r.run_path() == self.run_path)
+        runs = [RunConfig(**d) for d in self.runs]
+        grid = Grid(self.name, Path(self.results), runs)
+        cfg = next(r for r in runs if r.run_path() == self.run_path)
         return grid, cfg
 
     def __call__(self) -> str:
@@ -56,7 +64,7 @@ class RunJob:
         import submitit
 
         # the requeued job must not re-run from scratch what it was resuming: force is off
-        return submitit.helpers.DelayedSubmission(RunJob(self.spec, self.results, self.run_path))
+        return submitit.helpers.DelayedSubmission(RunJob(self.name, self.results, self.runs, self.run_path))
 
 
 def slurm_parameters(grid: Grid) -> dict[str, Any]:
@@ -69,7 +77,13 @@ def slurm_parameters(grid: Grid) -> dict[str, Any]:
 
 
 def jobs_file(grid: Grid) -> Path:
-    return REPO / "checkpoints" / grid.name / "submitit_jobs.json"
+    return grid.ckpt_root / "submitit_jobs.json"
+
+
+def job_runs(grid: Grid, cfg: RunConfig) -> list[dict]:
+    """The resolved configurations a job needs: its run, and the stage one it starts from."""
+    s1 = cfg.run_path().replace(f"/{cfg.name}/", f"/{cfg.stage1}/") if cfg.stage1 else None
+    return [r.to_dict() for r in grid.runs if r.run_path() in (cfg.run_path(), s1)]
 
 
 EXECUTORS = {"slurm": "slurm", "submitit-local": "local", "debug": "debug"}
@@ -87,17 +101,15 @@ def submit_grid(grid: Grid, executor: str = "slurm", force: bool = False, dedupe
     ``wait`` (default off for slurm) it blocks and collects each job's outcome.
     """
     import submitit
-    import yaml
 
     if executor not in EXECUTORS:
         raise ConfigError(f"bad value for 'executor': {executor!r} (accepted: local, {', '.join(EXECUTORS)})")
-    if grid.path is None:
-        raise ValueError("submit_grid needs a grid loaded from a file")
-    spec = yaml.safe_load(grid.path.read_text())
-    folder = Path(log_dir or REPO / "checkpoints" / grid.name / "submitit" / "%j")
+    folder = Path(log_dir or grid.ckpt_root / "submitit" / "%j")
     cluster = EXECUTORS[executor]
-    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     params = slurm_parameters(grid)
+    max_requeue = params.pop("slurm_max_num_timeout")  # a constructor argument in submitit, not a job parameter
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster, slurm_max_num_timeout=max_requeue,
+                               local_max_num_timeout=max_requeue)
     if cluster == "slurm":
         ex.update_parameters(**params, name=f"ltkit-{grid.name}")
     else:
@@ -115,7 +127,8 @@ def submit_grid(grid: Grid, executor: str = "slurm", force: bool = False, dedupe
             ids = sorted({i.split("_")[0] for i in stage_one_ids})
             ex.update_parameters(slurm_additional_parameters={"dependency": "afterok:" + ":".join(ids)})
         with ex.batch():
-            pending = [(cfg, ex.submit(RunJob(spec, str(grid.results), cfg.run_path(), force))) for cfg in phase]
+            pending = [(cfg, ex.submit(RunJob(grid.name, str(grid.results), job_runs(grid, cfg), cfg.run_path(), force)))
+                       for cfg in phase]
         for cfg, job in pending:
             jobs[cfg.run_path()] = job
             records[cfg.run_path()] = {"job_id": str(job.job_id), "submitted": time.time(), "executor": executor,

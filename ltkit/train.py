@@ -14,7 +14,7 @@ from (seed, epoch), ends with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
 import os
 import random
@@ -28,17 +28,29 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .config import RunConfig, make_config
+from .config import PROTOCOL_DEFAULTS, RunConfig, make_config
 from .data import LTDataset, load_dataset
-from .io import atomic_torch_save, atomic_write_json
+from .io import atomic_torch_save, atomic_write_json, run_lock
 from .loader import DeviceSplit, augment, batches, epoch_indices, to_float
-from .losses import LOSSES, create_loss
+from .losses import create_loss
 from .metrics import evaluate_predictions
-from .models import MODELS, create_model, get_classifier
+from .models import MODELS, NormedLinear, create_model, get_classifier, set_classifier
 
 
 class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """Training diverged: a NaN or infinite loss, parameter or running statistic, or an absurd loss."""
+
+
+DIVERGED_LOSS = 1e6  # an epoch's mean loss above this is divergence, not learning (CE-type losses stay < ~100)
+
+
+def _non_finite_state(model: nn.Module) -> list[str]:
+    """Names of parameters and buffers (BatchNorm running statistics included) holding NaN or inf."""
+    items = [(k, v) for k, v in model.state_dict().items() if v.is_floating_point()]
+    if not items:
+        return []
+    ok = torch.stack([torch.isfinite(v).all() for _, v in items]).tolist()  # one host sync
+    return [k for (k, _), good in zip(items, ok, strict=True) if not good]
 
 
 class CheckpointMismatch(RuntimeError):
@@ -93,11 +105,24 @@ def lr_at(cfg: RunConfig, epoch: int) -> float:
 
 
 def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
-    normed = bool(LOSSES.info(cfg.loss).get("normed_classifier")) if cfg.loss in LOSSES else False
+    """The run's model; ``cfg.classifier == 'cosine'`` gives every backbone Cao et al.'s normalised classifier."""
+    normed = cfg.classifier == "cosine"
     kwargs = dict(cfg.model_params)
     if MODELS.info(cfg.model)["family"] == "cifar":
         kwargs.setdefault("normed", normed)
-    return create_model(cfg.model, num_classes, pretrained=bool(cfg.pretrained), **kwargs)
+        return create_model(cfg.model, num_classes, pretrained=bool(cfg.pretrained), **kwargs)
+    model = create_model(cfg.model, num_classes, pretrained=bool(cfg.pretrained), **kwargs)
+    if normed:
+        old = get_classifier(model, cfg.model)
+        set_classifier(model, cfg.model, NormedLinear(old.in_features, num_classes))
+    return model
+
+
+def normalisation(cfg: RunConfig, ds: LTDataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the run normalises with: the protocol's published constants, or the data's own."""
+    if cfg.normalization == "recipe":
+        return PROTOCOL_DEFAULTS[cfg.protocol]["norm"]
+    return tuple(ds.mean), tuple(ds.std)
 
 
 def make_optimizer(cfg: RunConfig, params, device: torch.device) -> torch.optim.Optimizer:
@@ -156,8 +181,9 @@ def make_context(cfg: RunConfig, ds: LTDataset, device: torch.device) -> Context
         return None if split is None else DeviceSplit(split.images, split.labels, device)
 
     stat = {"device": device, "dtype": torch.float32}
+    mean, std = normalisation(cfg, ds)
     return Context(cfg, ds, device, dev(ds.train), dev(ds.val), {k: dev(v) for k, v in ds.tests.items()},
-                   torch.tensor(ds.mean, **stat).view(1, 3, 1, 1), torch.tensor(ds.std, **stat).view(1, 3, 1, 1),
+                   torch.tensor(mean, **stat).view(1, 3, 1, 1), torch.tensor(std, **stat).view(1, 3, 1, 1),
                    amp=device.type == "cuda", channels_last=device.type == "cuda")
 
 
@@ -233,12 +259,21 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
             loss_sum += torch.where(bad, torch.zeros_like(ld), ld) * len(idx)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(idx)
-        bad_step = int(first_bad)  # the epoch's one host sync
+        bad_step = int(first_bad)  # the epoch's host syncs: this, the state check and the loss
         train_seconds = time.perf_counter() - t0
         if bad_step >= 0:
             raise NonFiniteLoss(f"non-finite training loss at epoch {epoch}, step {bad_step} "
                                 f"({cfg.model}/{cfg.name}, lr {lr_at(cfg, epoch):g}); the run stops here")
-        row: dict[str, Any] = {"epoch": epoch, "lr": lr_at(cfg, epoch), "train_loss": float(loss_sum) / max(seen, 1),
+        bad_state = _non_finite_state(model)
+        if bad_state:
+            raise NonFiniteLoss(f"non-finite values in {', '.join(bad_state[:5])}" + (" ..." if len(bad_state) > 5 else "")
+                                + f" after epoch {epoch} ({cfg.model}/{cfg.name}, lr {lr_at(cfg, epoch):g}) although "
+                                "the loss stayed finite; the run stops here")
+        mean_loss = float(loss_sum) / max(seen, 1)
+        if mean_loss > DIVERGED_LOSS:
+            raise NonFiniteLoss(f"training diverged at epoch {epoch}: mean loss {mean_loss:.3g} > {DIVERGED_LOSS:g} "
+                                f"({cfg.model}/{cfg.name}, lr {lr_at(cfg, epoch):g}); the run stops here")
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr_at(cfg, epoch), "train_loss": mean_loss,
                                "train_acc": int(correct) / max(seen, 1), "images": seen,
                                "train_seconds": train_seconds, "launch": launch}
         if ctx.val is not None:
@@ -256,7 +291,7 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
         if last is not None:
             atomic_torch_save(last, {"epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
                                      "history": history, "best": best, "fingerprint": cfg.fingerprint(),
-                                     "model_name": cfg.model, "rng": torch.get_rng_state(), "launch": launch})
+                                     "model_name": cfg.model, "launch": launch})
             atomic_write_json(last.with_name("progress.json"),  # for `ltkit grid status`, no checkpoint load
                               {"epoch": epoch + 1, "epochs": cfg.epochs, "launch": launch, "updated": time.time(),
                                "seconds_per_epoch": row["seconds"]})
@@ -269,10 +304,12 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
 
 
 def _resume(path: Path, cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer):
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors and plain types only: a checkpoint handed to you cannot run code when it is loaded
+        ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointMismatch(f"{path}: unreadable checkpoint ({exc}); delete it to start the run afresh") from exc
+        raise CheckpointMismatch(f"{path}: unreadable or not a plain-tensor checkpoint ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:200]}); it was left untouched; delete it to start the "
+                                 "run afresh") from exc
     if ck.get("model_name") != cfg.model:
         raise CheckpointMismatch(f"{path}: checkpoint of model {ck.get('model_name')!r}, not {cfg.model!r}; "
                                  "it was left untouched; point the run elsewhere or delete it")
@@ -287,14 +324,21 @@ def _resume(path: Path, cfg: RunConfig, model: nn.Module, opt: torch.optim.Optim
 def run(params: RunConfig | dict[str, Any], ckpt_dir: str | Path | None = None, progress: bool = True,
         keep_model: bool = False, ds: LTDataset | None = None) -> RunResult:
     """Load data, build, train (or run a stage-two method), evaluate: a whole run."""
+    cfg = params if isinstance(params, RunConfig) else make_config(params)
+    ckpt = Path(ckpt_dir) if ckpt_dir else None
+    # The process that trains holds the run's training lock for as long as it trains, so a killed
+    # grid runner (whose notebook kernel may train on) never lets a second runner train the same run.
+    with run_lock(ckpt / ".train.lock") if ckpt is not None else contextlib.nullcontext():
+        return _run(cfg, ckpt, progress, keep_model, ds)
+
+
+def _run(cfg: RunConfig, ckpt: Path | None, progress: bool, keep_model: bool, ds: LTDataset | None) -> RunResult:
     from .methods import STAGE2
 
-    cfg = params if isinstance(params, RunConfig) else make_config(params)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed, cfg.deterministic)
     ds = ds if ds is not None else load_data(cfg)
     ctx = make_context(cfg, ds, device)
-    ckpt = Path(ckpt_dir) if ckpt_dir else None
     extra: dict[str, Any] = {}
     if cfg.loss in STAGE2:
         model, history, extra = STAGE2.get(cfg.loss)(ctx, ckpt, **cfg.loss_params)
@@ -334,14 +378,13 @@ def evaluate_model(ctx: Context, model: nn.Module, history: pd.DataFrame, logit_
         # Labelled comparison number: what codebases that pick the best epoch on the test set report.
         metrics["balanced.top1_best_epoch_on_test"] = float(history["test_top1"].max())
         metrics["best_epoch_on_test"] = int(history["test_top1"].idxmax())
+    mean, std = normalisation(cfg, ds)
     return RunResult(cfg, metrics, table, history, preds, labels,
                      {"sizes": ds.sizes(), "train_counts": ds.train_counts.tolist(), "classes": ds.classes,
-                      "meta": ds.meta},
+                      "meta": ds.meta, "normalization": {"kind": cfg.normalization, "mean": list(mean), "std": list(std)},
+                      "classifier": cfg.classifier, "weights": MODELS.info(cfg.model).get("weights") if cfg.pretrained
+                      else None},
                      extra={"train_seconds_total": float(history["seconds"].sum()) if "seconds" in history else 0.0})
-
-
-def clone_model(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model)
 
 
 def features_and_logits(ctx: Context, model: nn.Module, split: DeviceSplit) -> tuple[torch.Tensor, torch.Tensor]:

@@ -107,7 +107,7 @@ def test_grid_end_to_end_through_papermill(tmp_path):
     # the CLI exits non-zero and lists the failure
     cli = subprocess.run([sys.executable, "-m", "ltkit.cli", "grid", "run", str(path)], capture_output=True, text=True)
     assert cli.returncode == 1 and "boom" in cli.stderr
-    shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
+    shutil.rmtree(g.ckpt_root, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -124,11 +124,19 @@ def test_submitit_debug_executor_runs_grid(tmp_path):
     assert res["submitted"] == 1 and not res["failed"]
     assert collect(g.results)["status"].tolist() == ["done"]
     # preemption requeues the same run (which then resumes from its checkpoint)
-    job = RunJob(yaml.safe_load(path.read_text()), str(g.results), g.runs[0].run_path())
+    from ltkit.submit import job_runs
+
+    job = RunJob(g.name, str(g.results), job_runs(g, g.runs[0]), g.runs[0].run_path())
     assert job.checkpoint().function.run_path == job.run_path
+    # the job carries the resolved configuration: --set overrides reach the node (it never re-reads the YAML)
+    g3 = load_grid(path, {"epochs": 3, "imb_factor": 50})
+    job3 = RunJob(g3.name, str(g3.results), job_runs(g3, g3.runs[0]), g3.runs[0].run_path())
+    path.write_text("name: changed-on-disk\n")  # what the file says later does not matter
+    _, cfg3 = job3._grid_and_cfg()
+    assert cfg3.epochs == 3 and cfg3.imb_factor == 50 and cfg3.fingerprint() == g3.runs[0].fingerprint()
     with pytest.raises(ConfigError, match="unknown slurm option"):
         slurm_parameters(grid_from_spec(spec(tmp_path, slurm={"partion": "x"})))
-    shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
+    shutil.rmtree(g.ckpt_root, ignore_errors=True)
 
 
 def _children(pid: int) -> list[int]:
@@ -168,7 +176,7 @@ def test_submitit_local_job_preempted_requeued_and_resumed(tmp_path):
     assert hist["launch"].iloc[0] == 1 and hist["launch"].iloc[-1] == 2, hist["launch"].tolist()
     prov = json.loads((g.run_dir(g.runs[0]) / "provenance.json").read_text())
     assert prov["slurm_log"] and str(tmp_path / "logs") in prov["slurm_log"]
-    shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
+    shutil.rmtree(g.ckpt_root, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -184,7 +192,7 @@ def test_shipped_cao2019_grid_runs_end_to_end_tiny(name, tmp_path):
     try:
         summary = run_grid(g, jobs=2, stagger=0.2)
     finally:
-        shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
+        shutil.rmtree(g.ckpt_root, ignore_errors=True)
     assert not summary["failed"], summary["failed"]
     df = collect(g.results)
     assert set(df["status"]) <= {"done", "alias"} and len(df) == len(g.runs)
@@ -223,11 +231,12 @@ echo "Submitted batch job $n"
     for sb in (first, second):
         assert "#SBATCH --partition=gpu" in sb and "#SBATCH --gpus-per-node=1" in sb
         assert "#SBATCH --time=90" in sb and "#SBATCH --mem=20GB" in sb
+        assert "#SBATCH --signal=USR2@120" in sb  # signal_delay_s, settable under slurm:
     assert "#SBATCH --array=0-3%3" in first and "dependency" not in first  # 4 stage-one runs
     assert "#SBATCH --array=0-1%2" in second and "#SBATCH --dependency=afterok:100" in second
     records = json.loads(jobs_file(g).read_text())
     assert {r["job_id"] for r in records.values()} == {"100_0", "100_1", "100_2", "100_3", "101_0", "101_1"}
-    shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
+    shutil.rmtree(g.ckpt_root, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -241,15 +250,19 @@ def test_force_trains_afresh_and_keeps_the_old_result_aside(tmp_path):
         first = (run_dir / "metrics.json").read_text()
         summary = run_grid(g, force=True, stagger=0)
         assert summary["done"] == [g.runs[0].run_path()]
-        assert (run_dir / "metrics.json.replaced").read_text() == first
-        assert (g.ckpt_dir(g.runs[0]) / "last.pt.replaced").exists()
+        (replaced,) = run_dir.glob("metrics.json.replaced-*")
+        assert replaced.read_text() == first
+        assert len(list(g.ckpt_dir(g.runs[0]).glob("last.pt.replaced-*"))) == 1
+        assert run_grid(g, force=True, stagger=0)["done"]  # --force twice: both old generations are kept
+        assert len(list(run_dir.glob("metrics.json.replaced-*"))) == 2
+        assert len(list(g.ckpt_dir(g.runs[0]).glob("last.pt.replaced-*"))) == 2
         # trained again from epoch 0 (launch 1), not resumed from the finished checkpoint
         import pandas as pd
 
         assert pd.read_csv(run_dir / "history.csv")["launch"].tolist() == [1]
         assert json.loads((run_dir / "metrics.json").read_text())["balanced.top1"] == json.loads(first)["balanced.top1"]
     finally:
-        shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
+        shutil.rmtree(g.ckpt_root, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -274,7 +287,7 @@ def test_two_grid_commands_on_one_results_folder_train_each_run_once(tmp_path):
             assert pd.read_csv(g.run_dir(r) / "history.csv")["launch"].tolist() == [1]
         assert set(collect(g.results)["status"]) == {"done"}
     finally:
-        shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
+        shutil.rmtree(g.ckpt_root, ignore_errors=True)
 
 
 def test_status_shows_the_epoch_a_partial_run_reached(tmp_path, capsys):
@@ -292,4 +305,4 @@ def test_status_shows_the_epoch_a_partial_run_reached(tmp_path, capsys):
         assert f"partial   {g.runs[0].run_path()}  [epoch 2/2]" in out
         assert f"missing   {g.runs[1].run_path()}\n" in out and "1 missing, 1 partial" in out
     finally:
-        shutil.rmtree(REPO / "checkpoints" / g.name, ignore_errors=True)
+        shutil.rmtree(g.ckpt_root, ignore_errors=True)

@@ -49,7 +49,7 @@ def test_collect_reads_any_root_and_follows_aliases(tmp_path):
     (run / "metrics.json").write_text('{"balanced.top1": 0.5, "selected_epoch": 0, "epochs": 1}')
     cfg = make_config(dict(protocol="thesis", dataset="synthetic", model="tiny_cnn", loss="bs", seed=0))
     write_alias(tmp_path / "res" / "thesis" / "x_balanced" / "m" / "bs" / "seed0", cfg,
-                "thesis/x_balanced/m/ce/seed0", "test")
+                "thesis/x_balanced/m/ce/seed0", "test", "fp")
     for root in (tmp_path / "res", tmp_path / "res" / "thesis"):
         df = report.collect(root).set_index("method")
         assert df.loc["bs", "status"] == "alias" and df.loc["bs", "balanced.top1"] == 0.5

@@ -195,3 +195,56 @@ def test_lws_learns_only_one_scale_per_class(tiny_cfg, tmp_path):
     assert scales.shape == (clf1.out_features,) and not torch.allclose(scales, torch.ones_like(scales))
     x = torch.randn(3, clf1.in_features)
     torch.testing.assert_close(head(x), clf1(x) * head.scale)  # logits_j = f_j (w_j . x + b_j)
+
+
+def test_recipe_normalisation_is_the_default_and_recorded(tiny_cfg):
+    from ltkit.config import RECIPE_NORM
+
+    r = run(tiny_cfg, progress=False)
+    assert r.config.normalization == "recipe"
+    assert r.dataset["normalization"] == {"kind": "recipe", "mean": list(RECIPE_NORM[0]), "std": list(RECIPE_NORM[1])}
+    own = run({**tiny_cfg, "normalization": "dataset"}, progress=False)
+    assert own.dataset["normalization"]["mean"] != list(RECIPE_NORM[0])  # the synthetic data's own statistics
+    assert own.config.fingerprint() != r.config.fingerprint()
+    with pytest.raises(ConfigError, match="'dataset' for protocol 'natural'"):
+        make_config({"protocol": "natural", "dataset": "synthetic", "normalization": "recipe"})
+    with pytest.raises(ConfigError, match="accepted: recipe, dataset"):
+        make_config({"normalization": "cifar"})
+
+
+def test_ldam_uses_the_cosine_classifier_on_every_backbone():
+    from ltkit.models import NormedLinear, get_classifier
+    from ltkit.train import build_model
+
+    for protocol, model in (("thesis", "resnet50"), ("cao2019", "resnet32")):
+        cfg = make_config({"protocol": protocol, "model": model, "loss": "ldam", "pretrained": False})
+        assert cfg.classifier == "cosine"
+        assert isinstance(get_classifier(build_model(cfg, 100), model), NormedLinear)
+    ce = make_config({"protocol": "thesis", "model": "mobilenet_v2", "loss": "ce", "pretrained": False})
+    assert ce.classifier == "linear"
+    lin = make_config({"protocol": "thesis", "model": "mobilenet_v2", "loss": "ldam", "classifier": "linear",
+                       "pretrained": False})
+    assert isinstance(get_classifier(build_model(lin, 10), "mobilenet_v2"), torch.nn.Linear)
+
+
+def test_pretrained_weights_are_pinned_tags():
+    from ltkit.models import MODELS
+
+    for name in ("resnet50", "mobilenet_v2", "convnext_base", "vit_b_16"):
+        tag = MODELS.info(name)["weights"]
+        assert tag and "DEFAULT" not in tag and ("IMAGENET1K" in tag or "augreg" in tag)
+
+
+def test_crt_on_augmented_images_is_kangs_default_for_cao2019(tiny_cfg, tmp_path):
+    cfg, _, _ = _stage_one(tiny_cfg, tmp_path)
+    aug = run({**cfg, "loss": "crt", "stage1": "ce", "stage2_epochs": 2}, ckpt_dir=tmp_path / "crt" / "seed0",
+              progress=False, keep_model=True)
+    cached = run({**cfg, "loss": "crt", "stage1": "ce", "stage2_epochs": 2, "loss_params": {"augment": False}},
+                 ckpt_dir=tmp_path / "crt" / "seed0", progress=False, keep_model=True)
+    assert aug.extra["features"].startswith("augmented") and cached.extra["features"].startswith("cached")
+    assert not torch.equal(aug.model.fc.weight, cached.model.fc.weight)
+    again = run({**cfg, "loss": "crt", "stage1": "ce", "stage2_epochs": 2}, ckpt_dir=tmp_path / "crt" / "seed0",
+                progress=False, keep_model=True)
+    assert torch.equal(aug.model.fc.weight, again.model.fc.weight)  # the augmentation draws are seeded
+    with pytest.raises(ConfigError, match="loss_params.augment.*true or false"):
+        make_config({**cfg, "loss": "crt", "stage1": "ce", "loss_params": {"augment": 1}})
