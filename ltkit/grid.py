@@ -419,8 +419,36 @@ def _set_aside(run_dir: Path, ckpt: Path) -> None:
             os.replace(f, f.with_name(f"{f.name}.replaced-{stamp}"))
 
 
-def gpu_slots(runs_per_gpu: int | str = "auto", jobs: int | None = None) -> list[str | None]:
-    """One entry per concurrent run: a CUDA_VISIBLE_DEVICES value, or None on a CPU box."""
+MEASURED_PEAKS = REPO / "benchmarks" / "results" / "throughput_eager.json"
+DEFAULT_RUN_GIB = 6.0  # a model no benchmark has measured yet
+
+
+def run_memory_gib(models: list[str]) -> float:
+    """GPU memory to reserve for one run of the hungriest of ``models``: its peak measured by
+    ``make bench`` (``benchmarks/results/throughput_eager.json``, batch 128, e.g. ConvNeXt-Base 17 GiB
+    on an H100), x 1.25 plus 1 GiB for the CUDA context; small CIFAR models 2 GiB."""
+    try:
+        peaks = {k: v.get("peak_gpu_mem_gib") for k, v in json.loads(MEASURED_PEAKS.read_text())["models"].items()}
+    except (OSError, ValueError, KeyError, AttributeError):
+        peaks = {}
+    from .models import MODELS
+
+    need = []
+    for m in models or [None]:
+        if m in peaks and peaks[m]:
+            need.append(1.25 * peaks[m] + 1.0)
+        elif m is not None and MODELS.info(m).get("family") == "cifar":
+            need.append(2.0)
+        else:
+            need.append(DEFAULT_RUN_GIB)
+    return max(need)
+
+
+def gpu_slots(runs_per_gpu: int | str = "auto", jobs: int | None = None, models: list[str] | None = None) -> list[str | None]:
+    """One entry per concurrent run: a CUDA_VISIBLE_DEVICES value, or None on a CPU box.
+
+    ``auto`` packs as many runs per GPU as its free memory holds for the grid's hungriest model.
+    """
     if jobs is not None and jobs < 1:
         raise ConfigError(f"bad value for 'jobs': {jobs} (accepted: an integer >= 1)")
     try:
@@ -436,7 +464,7 @@ def gpu_slots(runs_per_gpu: int | str = "auto", jobs: int | None = None) -> list
         import torch
 
         free, _ = torch.cuda.mem_get_info(0)
-        per = max(1, min(8, int(free / (6 * 2**30))))  # ~6 GiB per small run leaves room
+        per = max(1, min(8, int(free / 2**30 / run_memory_gib(models or []))))
     slots = [str(i) for i in range(n) for _ in range(int(per))]
     return slots[:jobs] if jobs else slots
 
@@ -474,7 +502,7 @@ def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | N
              log: Callable[[str], None] = print, stagger: float = 1.0) -> dict[str, list[str]]:
     """Run what is missing: stage-one runs first, then stage-two; one run per slot at a time."""
     todo, summary = pending_runs(grid, force, dedupe)
-    slots = gpu_slots(grid.runs_per_gpu, jobs)
+    slots = gpu_slots(grid.runs_per_gpu, jobs, sorted({c.model for c in todo}))
     log(f"{grid.name}: {len(todo)} to run on {len(slots)} slot(s); {len(summary['skipped'])} already done, "
         f"{len(summary['aliased'])} aliased to CE")
     lock = threading.Lock()

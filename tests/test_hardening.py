@@ -391,3 +391,11 @@ def test_folder_truncated_cache_is_rebuilt_and_bomb_skipped(tmp_path, monkeypatc
 def test_grid_dataclass_is_unchanged_for_callers(tmp_path):
     g = Grid("n", tmp_path, [])
     assert g.ckpt_root.name.startswith("n-")
+
+
+def test_runs_per_gpu_follow_the_measured_peak_memory():
+    from ltkit.grid import run_memory_gib
+
+    big, small = run_memory_gib(["convnext_base", "resnet32"]), run_memory_gib(["resnet32"])
+    assert big > 17 and small == 2.0  # ConvNeXt-Base's measured 17 GiB peak decides a mixed grid
+    assert run_memory_gib(["mobilenet_v2"]) < run_memory_gib(["convnext_base"])
