@@ -1,4 +1,4 @@
-# ltkit: make setup | test | demo | run-all | bench | book | clean
+# ltkit: make setup | test | demo | run-all | bench | book | lock | clean
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 LTKIT  := $(VENV)/bin/ltkit
@@ -12,17 +12,28 @@ ifneq ($(wildcard ../shared/data/cifar100/train.npz),)
 export LTKIT_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup test demo run-all bench book clean clean-results lint
+LOCK   := requirements.lock
+
+.PHONY: setup test demo run-all bench book lock clean clean-results lint
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Exactly the lock (every package pinned, --no-deps), then ltkit itself; `pip check` proves it consistent.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
+
+# Re-resolve pyproject.toml (dev extra, pinned torch) with pip's resolver, install nothing, write the lock.
+lock:
+	test -x $(PY) || python3 -m venv $(VENV)
+	@tmp=$$(mktemp); $(PY) -m pip install -q --dry-run --ignore-installed --report $$tmp $(TORCH) -e ".[dev]" \
+	  && PYTHONPATH=. $(PY) -m ltkit.envlock $$tmp > $(LOCK).new && mv $(LOCK).new $(LOCK); rm -f $$tmp
+	@echo "wrote $(LOCK) ($$(grep -c == $(LOCK)) packages); make setup installs it"
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field for every run, e.g. --set epochs=1")
     g.add_argument("--slurm-log-dir", default=None)
+    g.add_argument("--tensorboard", action="store_true",
+                   help="write per-epoch TensorBoard scalars beside each run's checkpoint (tensorboard --logdir checkpoints)")
     g.add_argument("--only", default=None, help="comma-separated method labels to keep")
     g.add_argument("--seeds", default=None, help="comma-separated seeds to keep")
     d = sub.add_parser("data", help="data utilities")
@@ -112,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     from .grid import load_grid, plan, progress, run_grid
 
     try:
-        grid = load_grid(args.grid, _overrides(args.set), args.results)
+        overrides = _overrides(args.set)
+        if getattr(args, "tensorboard", False):
+            overrides["tensorboard"] = True
+        grid = load_grid(args.grid, overrides, args.results)
         if args.only:
             keep = set(args.only.split(","))
             known = sorted({r.name for r in grid.runs})
@@ -154,8 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.executor != "local":
         from .submit import submit_grid
 
-        res = submit_grid(grid, executor=args.executor, force=args.force, dedupe=not args.no_dedupe,
-                          log_dir=args.slurm_log_dir)
+        try:
+            res = submit_grid(grid, executor=args.executor, force=args.force, dedupe=not args.no_dedupe,
+                              log_dir=args.slurm_log_dir)
+        except ConfigError as exc:
+            print(f"ltkit: {exc}", file=sys.stderr)
+            return 2
         print(f"submitted {res['submitted']}, aliased {res['aliased']}, failed {len(res['failed'])}")
         for p in res["failed"]:
             print(f"  failed: {p}", file=sys.stderr)

@@ -85,6 +85,7 @@ class RunConfig:
     max_steps: int | None = None  # smoke runs: stop each epoch after this many steps
     data_root: str | None = None
     bootstrap: int = 1000
+    tensorboard: bool = False  # per-epoch scalars in <checkpoint dir>/tensorboard (needs the tensorboard package)
 
     @property
     def name(self) -> str:
@@ -108,7 +109,7 @@ class RunConfig:
     def fingerprint(self) -> str:
         """Hash of what determines the trained weights (not device or paths)."""
         d = self.to_dict()
-        for k in ("device", "data_root", "eval_batch_size", "bootstrap", "compile"):
+        for k in ("device", "data_root", "eval_batch_size", "bootstrap", "compile", "tensorboard"):
             d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -202,8 +203,9 @@ def make_config(params: dict[str, Any] | None = None, **overrides: Any) -> RunCo
     for name in ("pretrained", "track_test"):
         if d[name] is not None and not isinstance(d[name], bool):
             raise _bad(name, d[name], "true, false or null")
-    if not isinstance(d["deterministic"], bool):
-        raise _bad("deterministic", d["deterministic"], "true or false")
+    for name in ("deterministic", "tensorboard"):
+        if not isinstance(d[name], bool):
+            raise _bad(name, d[name], "true or false")
     if d["milestones"] is not None and (not isinstance(d["milestones"], list)
                                         or not all(isinstance(m, int) and m >= 0 for m in d["milestones"])):
         raise _bad("milestones", d["milestones"], "a list of epoch numbers (integers >= 0) or null")

@@ -38,7 +38,7 @@ import yaml
 from .config import ConfigError, RunConfig, make_config
 from .io import LockHeld, atomic_write_bytes, atomic_write_text, is_locked, run_lock, yaml_load
 from .losses import LOSSES, check_ce_equivalence, reduces_to_ce
-from .results import mark_complete, notebook_error, record_failure, run_status, write_alias
+from .results import mark_complete, notebook_error, read_notebook, record_failure, run_status, write_alias
 
 GRID_KEYS = {"name", "description", "results", "base", "axes", "seeds", "methods", "slurm", "runs_per_gpu"}
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -145,6 +145,39 @@ def grid_from_spec(spec: dict, overrides: dict | None = None, results: str | Pat
     if not res.is_absolute():
         res = REPO / res
     return Grid(name, res, runs, dict(spec.get("slurm") or {}), spec.get("runs_per_gpu", "auto"), path)
+
+
+# --------------------------------------------------------------------------- fail fast
+
+
+def preflight(runs: list[RunConfig]) -> None:
+    """Check each distinct data source and pretrained backbone once, before any run starts.
+
+    Offline, a thesis grid would otherwise start papermill, a kernel and the data for each of its
+    runs before failing on the weights (about an hour for the whole grid); here it stops in seconds
+    with one message that says what is missing and how to provide it.
+    """
+    from .data import DataError, load_pool
+    from .models import weights_problem
+
+    problems = []
+    for key in sorted({(r.dataset, r.data_root, json.dumps(r.source_params, sort_keys=True)) for r in runs}):
+        dataset, root, params = key
+        try:
+            load_pool(dataset, root=root, **json.loads(params))
+        except (DataError, OSError, ValueError) as exc:
+            problems.append(str(exc).splitlines()[0])
+    for model in sorted({r.model for r in runs if r.pretrained}):
+        why = weights_problem(model)
+        if why:
+            problems.append(why)
+    if problems:
+        raise ConfigError("cannot start the grid: " + " | ".join(problems))
+
+
+def grid_to_check(grid: Grid, force: bool = False, dedupe: bool = True) -> list[RunConfig]:
+    """The runs a ``grid run`` would start (nothing written): what :func:`preflight` checks."""
+    return [c for c, st, t in plan(grid, dedupe) if t is None and (force or st not in ("done", "alias", "stale"))]
 
 
 # --------------------------------------------------------------------------- de-duplication
@@ -304,9 +337,8 @@ def _wait_for_training(lock: Path, seconds: float) -> bool:
 
 
 def _no_cell_ran(nb_path: Path) -> bool:
-    try:
-        nb = json.loads(nb_path.read_text())
-    except (OSError, ValueError):
+    nb = read_notebook(nb_path)
+    if nb is None:
         return True
     return not any(c.get("execution_count") for c in nb.get("cells", []) if c.get("cell_type") == "code")
 
@@ -501,6 +533,7 @@ def phases(todo: list[RunConfig]) -> list[list[RunConfig]]:
 def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | None = None,
              log: Callable[[str], None] = print, stagger: float = 1.0) -> dict[str, list[str]]:
     """Run what is missing: stage-one runs first, then stage-two; one run per slot at a time."""
+    preflight(grid_to_check(grid, force, dedupe))
     todo, summary = pending_runs(grid, force, dedupe)
     slots = gpu_slots(grid.runs_per_gpu, jobs, sorted({c.model for c in todo}))
     log(f"{grid.name}: {len(todo)} to run on {len(slots)} slot(s); {len(summary['skipped'])} already done, "

@@ -202,11 +202,12 @@ def across(df: pd.DataFrame, over: str, metrics: dict[str, str] | None = None, d
     return out
 
 
-def across_values(df: pd.DataFrame, over: str, metrics: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(mean, std) frames behind :func:`across`, for plotting."""
+def across_long(df: pd.DataFrame, over: str, metrics: dict[str, str] | None = None) -> pd.DataFrame:
+    """The per-cell seed means behind :func:`across` in long form (see :func:`tidy`), for :func:`bars`."""
     metrics = metrics or CATEGORIES
-    g, _ = _across_groups(df, over, metrics)
-    return g.mean().rename(columns=metrics), g.std(ddof=1).rename(columns=metrics)
+    keys = [k for k in metrics if k in df]
+    cell = seed_means(df, keys, scale=1.0).reset_index()
+    return tidy(cell, metrics, ["data", "model", "method"])
 
 
 def relative_accuracy_table(df: pd.DataFrame, metrics: dict[str, str] | None = None) -> pd.DataFrame:
@@ -425,21 +426,39 @@ def plot_per_class(per_class: pd.DataFrame, split: str = "balanced", ax=None):
     return ax
 
 
-def grouped_bars(table: pd.DataFrame, err: pd.DataFrame | None = None, ax=None, ylabel: str = "top-1 (%)"):
-    """Bars of ``table`` (rows = series, columns = categories), optional error bars of the same shape."""
+def tidy(df: pd.DataFrame, metrics: dict[str, str], by: list[str], scale: float = 100.0) -> pd.DataFrame:
+    """One row per (run, metric): ``by`` columns, ``category`` (the metric's display name) and ``value``.
+
+    The long form seaborn plots from, so error bars and per-seed points come from the runs themselves.
+    """
+    keys = [k for k in metrics if k in df]
+    long = df[by + keys].melt(id_vars=by, value_vars=keys, var_name="key", value_name="value")
+    long["category"] = long["key"].map(metrics)
+    long["value"] = long["value"] * scale
+    return long.dropna(subset=["value"])
+
+
+def bars(long: pd.DataFrame, hue: str, order: list[str] | None = None, ax=None, ylabel: str = "top-1 (%)",
+         errorbar: str | tuple | None = "sd"):
+    """seaborn bars of the mean per (category, ``hue``) with error bars computed from the rows (std over
+    the rows by default: seeds for per-run data, backbones or losses for per-cell means) and every row
+    drawn as a point on its bar."""
     import matplotlib.pyplot as plt
+    import seaborn as sns
 
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 3.2))
-    n = len(table.index)
-    width = 0.8 / max(n, 1)
-    x = np.arange(len(table.columns))
-    for i, (name, row) in enumerate(table.iterrows()):
-        yerr = None if err is None else err.loc[name].to_numpy()
-        ax.bar(x + i * width - 0.4 + width / 2, row.to_numpy(), width, yerr=yerr, capsize=2, label=str(name))
-    ax.set_xticks(x, table.columns)
+    hue_order = order or list(dict.fromkeys(long[hue]))
+    cats = list(dict.fromkeys(long["category"]))
+    multi = long.groupby(["category", hue]).size().max() > 1
+    sns.barplot(data=long, x="category", y="value", hue=hue, order=cats, hue_order=hue_order, ax=ax,
+                errorbar=errorbar if multi else None, capsize=0.1, err_kws={"linewidth": 1}, alpha=0.85)
+    if multi:
+        sns.stripplot(data=long, x="category", y="value", hue=hue, order=cats, hue_order=hue_order, ax=ax,
+                      dodge=True, size=2.5, palette="dark:black", legend=False, jitter=False)
+    ax.set_xlabel("")
     ax.set_ylabel(ylabel)
-    ax.legend(frameon=False, ncol=min(n, 7), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    ax.legend(frameon=False, ncol=min(len(hue_order), 7), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     return ax
 
 

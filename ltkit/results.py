@@ -115,10 +115,11 @@ def environment() -> dict[str, Any]:
     import torch
 
     from . import __version__
+    from .envlock import lock_status
 
     cuda = torch.cuda.is_available()
     commit = git_commit(Path(__file__).resolve().parent.parent)
-    return {**packages_digest(),
+    return {**packages_digest(), **lock_status(),
         "ltkit_version": __version__, "git": commit, "python": sys.version.split()[0], "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda else None, "device_name": torch.cuda.get_device_name(0) if cuda else
         f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
@@ -207,11 +208,20 @@ def run_status(run_dir: str | Path, fingerprint: str | None = None) -> str:
     return "missing"
 
 
+def read_notebook(nb_path: str | Path):
+    """The notebook as an nbformat v4 node, or None when it is missing or not a notebook."""
+    import nbformat
+
+    try:
+        return nbformat.read(str(nb_path), as_version=4)
+    except (OSError, ValueError, nbformat.reader.NotJSONError):
+        return None
+
+
 def notebook_error(nb_path: str | Path) -> str | None:
     """The error a papermill-executed notebook recorded, if any (ename: evalue)."""
-    try:
-        nb = json.loads(Path(nb_path).read_text())
-    except (OSError, json.JSONDecodeError):
+    nb = read_notebook(nb_path)
+    if nb is None:
         return None
     for cell in nb.get("cells", []):
         for out in cell.get("outputs", []):

@@ -15,6 +15,7 @@ from (seed, epoch), ends with the same weights as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import random
@@ -35,6 +36,8 @@ from .loader import DeviceSplit, augment, batches, epoch_indices, to_float
 from .losses import create_loss
 from .metrics import evaluate_predictions
 from .models import MODELS, NormedLinear, create_model, get_classifier, set_classifier
+
+_log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -205,6 +208,32 @@ def _test_epoch(cfg: RunConfig, epoch: int) -> bool:
     return epoch >= first or epoch % 10 == 9 or epoch == cfg.epochs - 1
 
 
+def _tensorboard(cfg: RunConfig, ckpt_dir: Path | None, start: int):
+    """A SummaryWriter in ``<checkpoint dir>/tensorboard`` when asked for and installed, else None.
+
+    Watching only: ``results/`` stays the source of truth. ``purge_step`` drops the events of epochs
+    a killed run logged but did not checkpoint, so a resumed run's curves have no doubles.
+    """
+    if not cfg.tensorboard or ckpt_dir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        _log.warning("tensorboard: true, but the tensorboard package is not installed "
+                     "(pip install tensorboard, or ltkit[tensorboard]); training without live curves")
+        return None
+    return SummaryWriter(str(ckpt_dir / "tensorboard"), purge_step=start)
+
+
+def _group_accuracy(logits: torch.Tensor, labels: torch.Tensor, counts: np.ndarray) -> dict[str, float]:
+    """Many / medium / few accuracy of a split (groups by training count, :func:`ltkit.data.shot_groups`)."""
+    from .data import shot_groups
+
+    correct = (logits.argmax(1) == labels).cpu().numpy()
+    lab = labels.cpu().numpy()
+    return {g: float(correct[mask[lab]].mean()) for g, mask in shot_groups(counts).items() if mask[lab].any()}
+
+
 def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress: bool = True) -> pd.DataFrame:
     """Train ``model`` per ``ctx.cfg``; returns the per-epoch history. Leaves the selected weights in ``model``."""
     from tqdm.auto import tqdm
@@ -223,6 +252,7 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
     if last is not None and last.exists():
         start, history, best, launch = _resume(last, cfg, model, opt)
     gen = torch.Generator(device=device)
+    tb = _tensorboard(cfg, ckpt_dir, start)
     bar = tqdm(range(start, cfg.epochs), desc=f"{cfg.model}/{cfg.name}/seed{cfg.seed}", disable=not progress,
                initial=start, total=cfg.epochs, unit="epoch")
     for epoch in bar:
@@ -280,6 +310,9 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
             vlog = ctx.predict(fwd, ctx.val)
             row["val_top1"] = _accuracy(vlog, ctx.val.labels)
             row["val_balanced_acc"] = _balanced_accuracy(vlog, ctx.val.labels, ctx.ds.num_classes)
+            if tb is not None:
+                for g, acc in _group_accuracy(vlog, ctx.val.labels, counts).items():
+                    tb.add_scalar(f"val/{g}", acc, epoch)
             if cfg.select == "best_val" and row["val_top1"] > best["val"]:
                 best = {"val": row["val_top1"], "epoch": epoch,
                         "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
@@ -287,6 +320,11 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
             row["test_top1"] = _accuracy(ctx.predict(fwd, ctx.tests["balanced"]), ctx.tests["balanced"].labels)
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
+        if tb is not None:
+            for key in ("train_loss", "train_acc", "lr", "val_top1", "val_balanced_acc", "test_top1", "seconds"):
+                if key in row:
+                    tb.add_scalar({"seconds": "time/epoch_seconds"}.get(key, f"{key.split('_')[0]}/{key}"), row[key], epoch)
+            tb.flush()
         bar.set_postfix({k: round(v, 4) for k, v in row.items() if k in ("train_loss", "train_acc", "val_top1")})
         if last is not None:
             atomic_torch_save(last, {"epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
@@ -296,6 +334,8 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
                               {"epoch": epoch + 1, "epochs": cfg.epochs, "launch": launch, "updated": time.time(),
                                "seconds_per_epoch": row["seconds"]})
     bar.close()
+    if tb is not None:
+        tb.close()
     if cfg.select == "best_val" and best["state"] is not None:
         model.load_state_dict(best["state"])
     hist = pd.DataFrame(history)

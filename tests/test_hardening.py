@@ -399,3 +399,50 @@ def test_runs_per_gpu_follow_the_measured_peak_memory():
     big, small = run_memory_gib(["convnext_base", "resnet32"]), run_memory_gib(["resnet32"])
     assert big > 17 and small == 2.0  # ConvNeXt-Base's measured 17 GiB peak decides a mixed grid
     assert run_memory_gib(["mobilenet_v2"]) < run_memory_gib(["convnext_base"])
+
+
+def test_offline_grid_stops_before_any_run_with_one_message(tmp_path, monkeypatch):
+    """The thesis grid offline: one check per backbone and data source, in seconds, nothing written."""
+    import ltkit.models as models_mod
+    from ltkit.grid import run_grid
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(models_mod, "_reachable", lambda host: False)
+    g = load_grid(REPO / "configs" / "thesis.yaml", {"data_root": str(tmp_path / "nodata")}, tmp_path / "res")
+    t0 = time.time()
+    with pytest.raises(ConfigError) as err:
+        run_grid(g, log=lambda m: None)
+    msg = str(err.value)
+    assert time.time() - t0 < 60 and "\n" not in msg
+    for needle in ("cannot start the grid", "LTKIT_DATA", "TORCH_HOME", "HF_HOME", "resnet50", "mobilenet_v2",
+                   "convnext_base", "vit_b_16"):
+        assert needle in msg, needle
+    assert not (tmp_path / "res").exists()  # no failed-run folders
+
+
+def test_offline_data_stops_the_cli_in_seconds(tmp_path):
+    s = spec(tmp_path)
+    s["base"].update(dataset="cifar100", data_root=str(tmp_path / "nodata"), source_params={})
+    r = cli("grid", "run", write(tmp_path, s), timeout=120)
+    assert r.returncode == 2 and "cannot start the grid: cifar100: no data under" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_tensorboard_scalars_for_a_demo_run(tmp_path):
+    """The option on: event files appear beside the run's checkpoint and read back as the history."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ltkit.train import run
+
+    cfg = {"protocol": "cao2019", "dataset": "synthetic", "model": "tiny_cnn", "imb_factor": 10, "epochs": 3,
+           "source_params": SYN, "bootstrap": 20, "tensorboard": True, "seed": 0}
+    r = run(cfg, ckpt_dir=tmp_path / "ck", progress=False)
+    ea = EventAccumulator(str(tmp_path / "ck" / "tensorboard"))
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    assert {"train/train_loss", "lr/lr", "val/val_top1", "val/medium", "val/few", "time/epoch_seconds"} <= tags
+    loss = [e.value for e in ea.Scalars("train/train_loss")]
+    assert [e.step for e in ea.Scalars("train/train_loss")] == [0, 1, 2]
+    assert np.allclose(loss, r.history["train_loss"].to_numpy(), rtol=1e-6)
+    assert make_config(cfg).fingerprint() == make_config({**cfg, "tensorboard": False}).fingerprint()

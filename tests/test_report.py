@@ -21,12 +21,13 @@ def frame():
 def test_across_losses_and_across_models():
     df = frame()
     keys = {"balanced.top1": "Balanced"}
-    m, s = report.across_values(df, over="method", metrics=keys)
+    long = report.across_long(df, over="method", metrics=keys)
+    g = long.groupby(["data", "model"])["value"]
     # backbone a on LT: losses at 0.6 and 0.7 (seed noise cancels) -> mean 65, std of (60, 70)
-    assert m.loc[("c_exp100", "a"), "Balanced"] == pytest.approx(65.0)
-    assert s.loc[("c_exp100", "a"), "Balanced"] == pytest.approx(np.std([60, 70], ddof=1))
-    m, s = report.across_values(df, over="model", metrics=keys)
-    assert m.loc[("c_exp100", "bs"), "Balanced"] == pytest.approx(60.0)  # (0.7 + 0.5) / 2
+    assert g.mean().loc[("c_exp100", "a")] == pytest.approx(65.0)
+    assert g.std().loc[("c_exp100", "a")] == pytest.approx(np.std([60, 70], ddof=1))
+    long = report.across_long(df, over="model", metrics=keys)
+    assert long.groupby(["data", "method"])["value"].mean().loc[("c_exp100", "bs")] == pytest.approx(60.0)
     t = report.across(df, over="model", metrics=keys)
     assert t.loc[("c_balanced", "ce"), "Balanced"] == f"70.00 ± {np.std([80, 60], ddof=1):.2f}"
     assert t["n models"].tolist() == [2, 2, 2, 2]
@@ -95,3 +96,20 @@ def test_against_published_flags_what_lies_beyond_the_seed_spread():
     text = report.published_sentences(t.reset_index())
     assert any("ldam_drw" in x and "-2.04 points" in x and "investigate" in x for x in text)
     assert any(x.startswith("**ce**") and "within our seed spread" in x for x in text)
+
+
+def test_seaborn_bars_take_error_bars_and_points_from_the_runs():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    df = frame().query("data == 'c_exp100' and model == 'a'")
+    long = report.tidy(df, {"balanced.top1": "Balanced"}, ["method", "seed"])
+    assert len(long) == 4 and set(long.columns) >= {"method", "seed", "category", "value"}
+    ax = report.bars(long, hue="method", order=["ce", "bs"])
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches if p.get_height() > 0)
+    assert heights == [60.0, 70.0]  # means over the two seeds
+    spans = [np.nanmax(line.get_ydata()) - np.nanmin(line.get_ydata()) for line in ax.lines]
+    assert len(spans) == 2  # one error bar per bar: mean +- sd over the seeds, from the data
+    assert spans == pytest.approx([2 * np.std([59, 61], ddof=1)] * 2)
+    points = [c for c in ax.collections if len(c.get_offsets())]
+    assert sum(len(c.get_offsets()) for c in points) == 4  # every seed drawn
