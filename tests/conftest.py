@@ -19,3 +19,11 @@ def tiny_cfg():
 def cifar_root():
     root = os.environ.get("LTKIT_DATA") or (str(SHARED) if (SHARED / "cifar100" / "train.npz").exists() else None)
     return root
+
+
+def grid_spec(tmp_path, source_params: dict, prefix: str = "t", **kw) -> dict:
+    """A tiny synthetic grid: one epoch of tiny_cnn on cao2019-style data, results under ``tmp_path``."""
+    base = {"protocol": "cao2019", "dataset": "synthetic", "model": "tiny_cnn", "imb_factor": 5, "epochs": 1,
+            "bootstrap": 20, "source_params": source_params}
+    return {"name": f"{prefix}{abs(hash(str(tmp_path))) % 10**6}", "results": str(tmp_path / "results"), "base": base,
+            "seeds": [0], "methods": ["ce", "bs"], **kw}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import grid_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,10 +21,7 @@ SYN = {"num_classes": 10, "train_per_class": 60, "test_per_class": 10}
 
 
 def spec(tmp_path, **kw):
-    base = {"protocol": "cao2019", "dataset": "synthetic", "model": "tiny_cnn", "imb_factor": 5, "epochs": 1,
-            "bootstrap": 20, "source_params": SYN}
-    return {"name": f"t{abs(hash(str(tmp_path))) % 10**6}", "results": str(tmp_path / "results"), "base": base,
-            "seeds": [0], "methods": ["ce", "bs"], **kw}
+    return grid_spec(tmp_path, SYN, "t", **kw)
 
 
 def grid_file(tmp_path, s) -> Path:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import grid_spec
 
 from ltkit.config import ConfigError, make_config
 from ltkit.grid import Grid, grid_from_spec, load_grid, plan
@@ -24,10 +25,7 @@ SYN = {"num_classes": 6, "train_per_class": 40, "test_per_class": 8}
 
 
 def spec(tmp_path, **kw):
-    base = {"protocol": "cao2019", "dataset": "synthetic", "model": "tiny_cnn", "imb_factor": 5, "epochs": 1,
-            "bootstrap": 20, "source_params": SYN}
-    return {"name": f"h{abs(hash(str(tmp_path))) % 10**6}", "results": str(tmp_path / "results"), "base": base,
-            "seeds": [0], "methods": ["ce"], **kw}
+    return grid_spec(tmp_path, SYN, "h", **{"methods": ["ce"], **kw})
 
 
 def write(tmp_path, s, name="g.yaml") -> Path:
