@@ -21,9 +21,10 @@ def test_book_builds_from_fresh_demo_results(tmp_path):
                                                                 "test_per_class": 10})
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump(spec))
-    summary = run_grid(load_grid(path), stagger=0.2)
+    g = load_grid(path)
+    summary = run_grid(g, stagger=0.2)
     assert len(summary["done"]) == 4 and not summary["failed"]
-    shutil.rmtree(REPO / "checkpoints" / "booktest", ignore_errors=True)
+    shutil.rmtree(g.ckpt_root, ignore_errors=True)
     # a thesis-shaped grid (two backbones x balanced/LT x CE/BS) for the results chapter's summaries
     thesis = {"name": "booktest-thesis", "results": str(tmp_path / "results"), "seeds": [42],
               "base": {"protocol": "thesis", "dataset": "synthetic", "pretrained": False, "image_size": 32, "epochs": 1,
@@ -32,9 +33,10 @@ def test_book_builds_from_fresh_demo_results(tmp_path):
               "axes": {"model": ["tiny_cnn", "resnet32"], "imb_factor": [1, 10]}, "methods": ["ce", "bs"]}
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(thesis))
-    summary = run_grid(load_grid(path), stagger=0.2, jobs=2)
+    g = load_grid(path)
+    summary = run_grid(g, stagger=0.2, jobs=2)
     assert len(summary["done"]) == 6 and len(summary["aliased"]) == 2 and not summary["failed"], summary
-    shutil.rmtree(REPO / "checkpoints" / "booktest-thesis", ignore_errors=True)
+    shutil.rmtree(g.ckpt_root, ignore_errors=True)
     # the demo runs use the cao2019 protocol: let the CIFAR-LT chapter read them too
     shutil.copytree(tmp_path / "demo" / "cao2019", tmp_path / "results" / "cao2019")
     env = {**os.environ, "LTKIT_DEMO_RESULTS": str(tmp_path / "demo"), "LTKIT_RESULTS": str(tmp_path / "results")}
@@ -56,3 +58,15 @@ def test_book_builds_from_fresh_demo_results(tmp_path):
     lt = (tmp_path / "build" / "_build" / "html" / "cifar_lt.html").read_text().split('class="cell_output', 1)[1]
     assert "No cao2019 runs" not in lt and "synthetic_exp20" in lt and "train s / run" in lt
     assert ">significant<" in lt  # the paired comparison with CE
+    built = tmp_path / "build" / "_build" / "html"
+    # code out of the way: every chapter code cell is collapsed (hide-input), one click away
+    for page in ("intro", "methodology", "results", "cifar_lt", "uncertainty", "demo", "reproduction"):
+        text = (built / f"{page}.html").read_text()
+        assert text.count('class="cell ') == text.count('class="cell tag_hide-input'), page
+    # citations resolve to the references page, which lists the papers
+    bg = (built / "background.html").read_text()
+    assert 'href="references.html#' in bg and "{cite" not in bg
+    refs = (built / "references.html").read_text()
+    for title in ("Label-Distribution-Aware Margin Loss", "Decoupling Representation", "Logit adjustment",
+                  "Deep Long-Tailed Learning"):
+        assert title.lower() in refs.lower(), title
