@@ -444,3 +444,22 @@ def test_tensorboard_scalars_for_a_demo_run(tmp_path):
     assert [e.step for e in ea.Scalars("train/train_loss")] == [0, 1, 2]
     assert np.allclose(loss, r.history["train_loss"].to_numpy(), rtol=1e-6)
     assert make_config(cfg).fingerprint() == make_config({**cfg, "tensorboard": False}).fingerprint()
+
+
+def test_alias_of_a_failed_or_edited_ce_run_is_not_shown_as_done(tmp_path):
+    from ltkit.results import mark_complete, record_failure, run_status, write_alias
+
+    cfg = make_config({"protocol": "cao2019", "dataset": "synthetic", "model": "tiny_cnn", "loss": "wce", "seed": 0,
+                       "imb_factor": 1})
+    ce_cfg = make_config({**cfg.to_dict(), "loss": "ce", "label": None})
+    root = tmp_path / "res"
+    ce_dir, alias_dir = root / ce_cfg.run_path(), root / cfg.run_path()
+    write_alias(alias_dir, cfg, ce_cfg.run_path(), "test", ce_cfg.fingerprint())
+    record_failure(ce_dir, ce_cfg, "start", 1.0, "boom")
+    assert run_status(alias_dir, cfg.fingerprint()) == "alias-pending"  # the CE run failed: nothing stands for it
+    atomic_write_json(ce_dir / "metrics.json", {"balanced.top1": 0.5, "selected_epoch": 0, "epochs": 1})
+    mark_complete(ce_dir, "fingerprint-of-an-edited-ce-run")
+    assert run_status(alias_dir, cfg.fingerprint()) == "alias-pending"  # CE now has another configuration
+    mark_complete(ce_dir, ce_cfg.fingerprint())
+    assert run_status(alias_dir, cfg.fingerprint()) == "alias"
+    assert run_status(alias_dir, "another") == "stale"
