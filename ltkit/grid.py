@@ -38,7 +38,15 @@ import yaml
 from .config import ConfigError, RunConfig, make_config
 from .io import LockHeld, atomic_write_bytes, atomic_write_text, is_locked, run_lock, yaml_load
 from .losses import LOSSES, check_ce_equivalence, reduces_to_ce
-from .results import mark_complete, notebook_error, read_notebook, record_failure, run_status, write_alias
+from .results import (
+    load_metrics,
+    mark_complete,
+    notebook_error,
+    read_notebook,
+    record_failure,
+    run_status,
+    write_alias,
+)
 
 GRID_KEYS = {"name", "description", "results", "base", "axes", "seeds", "methods", "slurm", "runs_per_gpu"}
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -416,12 +424,9 @@ def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, l
             if partial.exists():  # the executed notebook, whole, also on failure (it keeps the traceback)
                 atomic_write_bytes(run_dir / "train.ipynb", partial.read_bytes())
                 partial.unlink()
-            if proc.returncode == 0 and run_status(run_dir) != "failed" and (run_dir / "metrics.json").exists():
-                from .results import load_metrics
-
-                if load_metrics(run_dir) is not None:
-                    mark_complete(run_dir, cfg.fingerprint())
-                    return "done"
+            if proc.returncode == 0 and load_metrics(run_dir) is not None:
+                mark_complete(run_dir, cfg.fingerprint())
+                return "done"
             err = notebook_error(run_dir / "train.ipynb") or (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
             prov = run_dir / "provenance.json"
             if not prov.exists() or json.loads(prov.read_text()).get("status") != "failed":
@@ -553,6 +558,12 @@ def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | N
 
     from tqdm.auto import tqdm
 
+    recorded: set[str] = set()
+
+    def record(cfg: RunConfig, st: str) -> None:
+        summary[st if st in ("done", "failed", "interrupted") else "skipped"].append(cfg.run_path())
+        recorded.add(cfg.run_path())
+
     STOP.clear()
     for phase in phases(todo):
         with ThreadPoolExecutor(max_workers=len(slots)) as pool, tqdm(total=len(phase), desc=grid.name, unit="run") as bar:
@@ -563,22 +574,18 @@ def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | N
                     if len(futures) <= len(slots):
                         time.sleep(stagger)  # kernels started at the same instant can collide on ZMQ ports
                 for fut in futures:
-                    cfg, st = fut.result()
-                    key = st if st in ("done", "failed", "interrupted") else "skipped"
-                    summary[key].append(cfg.run_path())
+                    record(*fut.result())
                     bar.update()
             except KeyboardInterrupt:  # Ctrl-C (or SIGTERM, see the CLI): stop now, keep what finished
                 log("interrupted: stopping the running notebooks; finished runs are kept, re-run to resume")
                 pool.shutdown(wait=False, cancel_futures=True)
                 stop_running()
-                for fut, cfg in zip(futures, phase, strict=False):
-                    if fut.done() and not fut.cancelled():
-                        _, st = fut.result()
-                        if cfg.run_path() not in summary.get(st, []):
-                            summary.setdefault(st if st in summary else "skipped", []).append(cfg.run_path())
-                    elif cfg.run_path() not in summary["interrupted"]:
-                        summary["interrupted"].append(cfg.run_path())
-                summary["interrupted"] += [c.run_path() for c in phase[len(futures):]]
+                for fut, cfg in zip(futures, phase, strict=False):  # what ended meanwhile keeps its outcome
+                    if cfg.run_path() not in recorded and fut.done() and not fut.cancelled():
+                        record(*fut.result())
+                for cfg in todo:  # this phase's unfinished runs and every later phase's
+                    if cfg.run_path() not in recorded:
+                        record(cfg, "interrupted")
                 return summary
         if STOP.is_set():
             break
