@@ -39,7 +39,7 @@ from ltkit.config import make_config  # noqa: E402
 from ltkit.data import LTDataset, Split  # noqa: E402
 from ltkit.losses import create_loss  # noqa: E402
 from ltkit.results import environment  # noqa: E402
-from ltkit.train import _maybe_compile, build_model, make_context, make_optimizer, train_model  # noqa: E402
+from ltkit.train import build_model, make_context, make_optimizer, maybe_compile, train_model  # noqa: E402
 
 THESIS_TRAIN = {"balanced": 45_000, "long_tailed": 9_754}
 THESIS_VAL = 10_000
@@ -62,7 +62,7 @@ def ceiling(cfg, device, steps: int, warmup: int) -> float:
     if cl:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model.parameters(), device)
-    fwd = _maybe_compile(model, cfg, device)
+    fwd = maybe_compile(model, cfg, device)
     loss_fn = create_loss("ce", np.full(100, 10)).to(device)
     x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
     if cl:
@@ -123,7 +123,7 @@ def dataloader_pil(cfg, device, steps: int, warmup: int, workers: int) -> float:
     if cl:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model.parameters(), device)
-    fwd = _maybe_compile(model, cfg, device)
+    fwd = maybe_compile(model, cfg, device)
     loss_fn = create_loss("ce", np.full(100, 10)).to(device)
     model.train()
     t0, seen = None, 0

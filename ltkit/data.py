@@ -378,12 +378,12 @@ def synthetic_pool(num_classes: int = 10, train_per_class: int = 250, test_per_c
 # --------------------------------------------------------------------------- protocols
 
 
-def _per_class_indices(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
+def per_class_indices(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
     """Indices of each class in source order (CIFAR's official order within a class)."""
     return [np.flatnonzero(labels == c) for c in range(num_classes)]
 
 
-def _take(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, present: np.ndarray | None, what: str) -> Split:
+def take(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, present: np.ndarray | None, what: str) -> Split:
     idx = np.sort(np.asarray(idx, dtype=np.int64))
     if present is not None and not present[idx].all():
         missing = int((~present[idx]).sum())
@@ -403,7 +403,7 @@ def thesis_indices(labels: np.ndarray, k: int, imb_factor: float = 100, imb_type
     """Which training-pool images each split of the thesis protocol takes (see :func:`thesis_split`)."""
     rng = np.random.default_rng(seed)
     train_parts, test_parts = [], []
-    for idx in _per_class_indices(labels, k):
+    for idx in per_class_indices(labels, k):
         perm = idx[rng.permutation(len(idx))]
         n_test = int(round(len(idx) * test_fraction))
         test_parts.append(perm[:n_test])
@@ -433,10 +433,10 @@ def thesis_split(pool: Pool, imb_factor: float = 100, imb_type: str = "exp", see
     p_tr = pool.train_present
     return LTDataset(
         name=pool.name, protocol="thesis", classes=pool.classes,
-        train=_take(pool.train_images, pool.train_labels, ix["train"], p_tr, "train"),
-        val=_take(pool.test_images, pool.test_labels, np.arange(len(pool.test_labels)), pool.test_present, "val"),
-        tests={"balanced": _take(pool.train_images, pool.train_labels, ix["balanced"], p_tr, "balanced test"),
-               "lt": _take(pool.train_images, pool.train_labels, ix["lt"], p_tr, "long-tailed test")},
+        train=take(pool.train_images, pool.train_labels, ix["train"], p_tr, "train"),
+        val=take(pool.test_images, pool.test_labels, np.arange(len(pool.test_labels)), pool.test_present, "val"),
+        tests={"balanced": take(pool.train_images, pool.train_labels, ix["balanced"], p_tr, "balanced test"),
+               "lt": take(pool.train_images, pool.train_labels, ix["lt"], p_tr, "long-tailed test")},
         train_counts=ix["train_counts"], mean=pool.mean, std=pool.std,
         meta={"imb_factor": imb_factor, "imb_type": imb_type, "split_seed": seed, "test_imb_factor": test_imb_factor,
               "origin": pool.origin},
@@ -470,7 +470,7 @@ def cao2019_ranks(class_sizes: list[int] | np.ndarray, seed: int = CAO2019_SEED)
 def cao2019_indices(labels: np.ndarray, k: int, imb_factor: float = 100, imb_type: str = "exp",
                     val_per_class: int = 20) -> dict[str, np.ndarray]:
     """Which training-pool images the cao2019 protocol trains on (Cao et al.'s exact subset) and validates on."""
-    per_class = _per_class_indices(labels, k)
+    per_class = per_class_indices(labels, k)
     n_max = min(len(p) for p in per_class)
     counts = lt_counts(n_max, k, imb_factor, imb_type)
     ranks = cao2019_ranks([len(p) for p in per_class])
@@ -532,9 +532,9 @@ def cao2019_split(pool: Pool, imb_factor: float = 100, imb_type: str = "exp", va
     val_idx = ix["val"]
     return LTDataset(
         name=pool.name, protocol="cao2019", classes=pool.classes,
-        train=_take(pool.train_images, pool.train_labels, ix["train"], pool.train_present, "train"),
-        val=_take(pool.train_images, pool.train_labels, val_idx, pool.train_present, "val") if len(val_idx) else None,
-        tests={"balanced": _take(pool.test_images, pool.test_labels, test_idx, pool.test_present, "test")},
+        train=take(pool.train_images, pool.train_labels, ix["train"], pool.train_present, "train"),
+        val=take(pool.train_images, pool.train_labels, val_idx, pool.train_present, "val") if len(val_idx) else None,
+        tests={"balanced": take(pool.test_images, pool.test_labels, test_idx, pool.test_present, "test")},
         train_counts=ix["train_counts"], mean=pool.mean, std=pool.std,
         meta={"imb_factor": imb_factor, "imb_type": imb_type, "n_max": int(ix["n_max"]), "origin": pool.origin,
               "subset": "cao2019 (np.random.seed(0), per-class shuffle)"},

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import PROTOCOLS, SOURCES, DataError, LTDataset, Pool, _per_class_indices, _take, default_data_root, warn_skipped
+from .data import PROTOCOLS, SOURCES, DataError, LTDataset, Pool, default_data_root, per_class_indices, take, warn_skipped
 from .io import atomic_write_bytes, stat_digest
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -158,7 +158,7 @@ def folder_pool(root: str | Path | None = None, image_size: int = 64, test_fract
     names = [names[i] for i in order]
     rng = np.random.default_rng(seed)
     train_idx, test_idx = [], []
-    for idx in _per_class_indices(labels, len(names)):
+    for idx in per_class_indices(labels, len(names)):
         perm = idx[rng.permutation(len(idx))]
         n_test = min(max(1, int(round(test_fraction * len(idx)))), len(idx) - 1)
         test_idx.append(perm[:n_test])
@@ -183,21 +183,21 @@ def natural_split(pool: Pool, val_per_class: int = 20, **_: object) -> LTDataset
     """
     k = len(pool.classes)
     tr_parts, val_parts = [], []
-    for idx in _per_class_indices(pool.train_labels, k):
+    for idx in per_class_indices(pool.train_labels, k):
         n_val = min(val_per_class, len(idx) // 5)
         val_parts.append(idx[:n_val])
         tr_parts.append(idx[n_val:])
     tr_idx, val_idx = np.concatenate(tr_parts), np.concatenate(val_parts)
-    test_parts = _per_class_indices(pool.test_labels, k)
+    test_parts = per_class_indices(pool.test_labels, k)
     m = min(len(p) for p in test_parts)
     bal_idx = np.concatenate([p[:m] for p in test_parts])
-    train = _take(pool.train_images, pool.train_labels, tr_idx, None, "train")
+    train = take(pool.train_images, pool.train_labels, tr_idx, None, "train")
     counts = train.counts(k)
     return LTDataset(
         name=pool.name, protocol="natural", classes=pool.classes, train=train,
-        val=_take(pool.train_images, pool.train_labels, val_idx, None, "val") if len(val_idx) else None,
-        tests={"balanced": _take(pool.test_images, pool.test_labels, bal_idx, None, "balanced test"),
-               "lt": _take(pool.test_images, pool.test_labels, np.arange(len(pool.test_labels)), None, "test")},
+        val=take(pool.train_images, pool.train_labels, val_idx, None, "val") if len(val_idx) else None,
+        tests={"balanced": take(pool.test_images, pool.test_labels, bal_idx, None, "balanced test"),
+               "lt": take(pool.test_images, pool.test_labels, np.arange(len(pool.test_labels)), None, "test")},
         train_counts=counts, mean=pool.mean, std=pool.std,
         meta={"origin": pool.origin, "balanced_test_per_class": m,
               "imb_factor_found": float(counts.max() / max(counts.min(), 1))},

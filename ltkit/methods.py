@@ -67,8 +67,9 @@ def _need_val(ctx) -> None:
 
 
 def _pick_tau(ctx, score) -> tuple[float, pd.DataFrame]:
-    from .train import _balanced_accuracy
-    rows = [{"tau": float(t), "val_balanced_acc": _balanced_accuracy(score(float(t)), ctx.val.labels,
+    from .metrics import balanced_top1
+
+    rows = [{"tau": float(t), "val_balanced_acc": balanced_top1(score(float(t)), ctx.val.labels,
                                                                      ctx.ds.num_classes)} for t in TAU_GRID]
     table = pd.DataFrame(rows)
     best = float(table.loc[table["val_balanced_acc"].idxmax(), "tau"])

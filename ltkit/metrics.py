@@ -9,8 +9,22 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .stats import accuracy_ci
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy of a split's logits, on their device (one host sync)."""
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+def balanced_top1(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Mean of the per-class accuracies over the classes present: the balanced accuracy that selects tau."""
+    correct = (logits.argmax(1) == labels).float()
+    per = torch.zeros(k, device=labels.device).index_add_(0, labels, correct)
+    cnt = torch.bincount(labels, minlength=k).float()
+    return float((per[cnt > 0] / cnt[cnt > 0]).mean())
 
 
 def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -34,7 +34,7 @@ from .data import LTDataset, load_dataset
 from .io import atomic_torch_save, atomic_write_json, run_lock
 from .loader import DeviceSplit, augment, batches, epoch_indices, to_float
 from .losses import create_loss
-from .metrics import evaluate_predictions
+from .metrics import balanced_top1, evaluate_predictions, top1
 from .models import MODELS, NormedLinear, create_model, get_classifier, set_classifier
 
 _log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def make_optimizer(cfg: RunConfig, params, device: torch.device) -> torch.optim.
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
 
 
-def _maybe_compile(model: nn.Module, cfg: RunConfig, device: torch.device) -> nn.Module:
+def maybe_compile(model: nn.Module, cfg: RunConfig, device: torch.device) -> nn.Module:
     mode = cfg.compile
     if mode == "auto":  # compiling costs ~1-2 min: worth it on CUDA for real runs, not for short checks
         mode = "on" if device.type == "cuda" and cfg.epochs >= 10 and cfg.max_steps is None else "off"
@@ -190,17 +190,6 @@ def make_context(cfg: RunConfig, ds: LTDataset, device: torch.device) -> Context
                    amp=device.type == "cuda", channels_last=device.type == "cuda")
 
 
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((logits.argmax(1) == labels).float().mean())
-
-
-def _balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    correct = (logits.argmax(1) == labels).float()
-    per = torch.zeros(k, device=labels.device).index_add_(0, labels, correct)
-    cnt = torch.bincount(labels, minlength=k).float()
-    return float((per[cnt > 0] / cnt[cnt > 0]).mean())
-
-
 def _test_epoch(cfg: RunConfig, epoch: int) -> bool:
     """Test-set tracking epochs: every epoch from the first lr decay on (where the best epoch of the
     published step schedules lies), every 10th before it, and the last. Saves ~70% of that evaluation."""
@@ -244,7 +233,7 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model.parameters(), device)
-    fwd = _maybe_compile(model, cfg, device)
+    fwd = maybe_compile(model, cfg, device)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"val": -1.0, "epoch": -1, "state": None}
     start, launch = 0, 1  # launch: 1 for a fresh run, +1 each time it resumes (shown in history.csv)
@@ -308,8 +297,8 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
                                "train_seconds": train_seconds, "launch": launch}
         if ctx.val is not None:
             vlog = ctx.predict(fwd, ctx.val)
-            row["val_top1"] = _accuracy(vlog, ctx.val.labels)
-            row["val_balanced_acc"] = _balanced_accuracy(vlog, ctx.val.labels, ctx.ds.num_classes)
+            row["val_top1"] = top1(vlog, ctx.val.labels)
+            row["val_balanced_acc"] = balanced_top1(vlog, ctx.val.labels, ctx.ds.num_classes)
             if tb is not None:
                 for g, acc in _group_accuracy(vlog, ctx.val.labels, counts).items():
                     tb.add_scalar(f"val/{g}", acc, epoch)
@@ -317,7 +306,7 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
                 best = {"val": row["val_top1"], "epoch": epoch,
                         "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         if cfg.track_test and _test_epoch(cfg, epoch):  # for the labelled best-epoch-on-test number; never selects
-            row["test_top1"] = _accuracy(ctx.predict(fwd, ctx.tests["balanced"]), ctx.tests["balanced"].labels)
+            row["test_top1"] = top1(ctx.predict(fwd, ctx.tests["balanced"]), ctx.tests["balanced"].labels)
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         if tb is not None:
