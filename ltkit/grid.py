@@ -183,11 +183,6 @@ def preflight(runs: list[RunConfig]) -> None:
         raise ConfigError("cannot start the grid: " + " | ".join(problems))
 
 
-def grid_to_check(grid: Grid, force: bool = False, dedupe: bool = True) -> list[RunConfig]:
-    """The runs a ``grid run`` would start (nothing written): what :func:`preflight` checks."""
-    return [c for c, st, t in plan(grid, dedupe) if t is None and (force or st not in ("done", "alias", "stale"))]
-
-
 # --------------------------------------------------------------------------- de-duplication
 
 
@@ -507,13 +502,16 @@ def gpu_slots(runs_per_gpu: int | str = "auto", jobs: int | None = None, models:
 
 
 def pending_runs(grid: Grid, force: bool = False, dedupe: bool = True) -> tuple[list[RunConfig], dict[str, list[str]]]:
-    """What is left to train, after skipping finished runs and writing the CE aliases.
+    """What is left to train, after :func:`preflight`, skipping finished runs and writing the CE aliases.
 
     Returns (runs to execute, summary with 'skipped' and 'aliased' filled); shared
     by the local queue and the submitit path so both skip and alias alike.
     """
+    rows = plan(grid, dedupe)
+    # fail fast, before anything is written (aliases included): the runs that would train
+    preflight([c for c, st, t in rows if t is None and (force or st not in ("done", "alias", "stale"))])
     todo, summary = [], {"done": [], "skipped": [], "aliased": [], "failed": [], "stale": [], "interrupted": []}
-    for cfg, status, target in plan(grid, dedupe):
+    for cfg, status, target in rows:
         if status in ("done", "alias") and not force:
             summary["skipped"].append(cfg.run_path())
             continue
@@ -538,7 +536,6 @@ def phases(todo: list[RunConfig]) -> list[list[RunConfig]]:
 def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | None = None,
              log: Callable[[str], None] = print, stagger: float = 1.0) -> dict[str, list[str]]:
     """Run what is missing: stage-one runs first, then stage-two; one run per slot at a time."""
-    preflight(grid_to_check(grid, force, dedupe))
     todo, summary = pending_runs(grid, force, dedupe)
     slots = gpu_slots(grid.runs_per_gpu, jobs, sorted({c.model for c in todo}))
     log(f"{grid.name}: {len(todo)} to run on {len(slots)} slot(s); {len(summary['skipped'])} already done, "

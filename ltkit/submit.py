@@ -115,9 +115,6 @@ def submit_grid(grid: Grid, executor: str = "slurm", force: bool = False, dedupe
     else:
         ex.update_parameters(timeout_min=params["timeout_min"], **(local_params or {}))
     blocking = wait if wait is not None else executor != "slurm"
-    from .grid import grid_to_check, preflight
-
-    preflight(grid_to_check(grid, force, dedupe))
     todo, summary = pending_runs(grid, force, dedupe)
     records: dict[str, Any] = _read_jobs(grid)
     results: dict[str, str] = {}
