@@ -37,9 +37,10 @@ sys.path.insert(0, str(REPO))
 
 from ltkit.config import make_config  # noqa: E402
 from ltkit.data import LTDataset, Split  # noqa: E402
+from ltkit.engine import build_model, make_context, make_optimizer, maybe_compile  # noqa: E402
 from ltkit.losses import create_loss  # noqa: E402
 from ltkit.results import environment  # noqa: E402
-from ltkit.train import build_model, make_context, make_optimizer, maybe_compile, train_model  # noqa: E402
+from ltkit.train import train_model  # noqa: E402
 
 THESIS_TRAIN = {"balanced": 45_000, "long_tailed": 9_754}
 THESIS_VAL = 10_000
@@ -93,7 +94,7 @@ def ltkit_loop(cfg, device, n_images: int) -> float:
     ds = fake_dataset(n_images, 100)
     ctx = make_context(cfg, ds, device)
     model = build_model(cfg, 100).to(device)
-    hist = train_model(ctx, model, None, progress=False)
+    hist = train_model(ctx, model, None, progress=False).history
     row = hist.iloc[-1]
     return float(row["images"] / row["train_seconds"])
 
@@ -173,7 +174,7 @@ def _one_small(epochs: int, tiny: bool) -> dict:
     ds = fake_dataset(CAO_TRAIN if not tiny else 512, 100)
     ctx = make_context(cfg, ds, device)
     model = build_model(cfg, 100).to(device)
-    hist = train_model(ctx, model, None, progress=False)
+    hist = train_model(ctx, model, None, progress=False).history
     last = hist.iloc[1:] if len(hist) > 1 else hist
     return {"steady_img_s": float(last["images"].sum() / last["train_seconds"].sum()),
             "epoch_s": float(last["seconds"].mean())}

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections import Counter
 from typing import Any
@@ -56,8 +57,34 @@ def _positive_int(text: str) -> int:
     return v
 
 
+class _TqdmHandler(logging.Handler):
+    """Log records written through ``tqdm.write``, so they never cut a progress bar in half."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never kill the run
+            self.handleError(record)
+
+
+def setup_logging(level: str) -> None:
+    """The library logs through stdlib ``logging`` (one logger per module); the CLI shows them on stderr."""
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("ltkit")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ltkit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="how much the library logs (default: info)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("grid", help="list, run or report a grid of runs")
     g.add_argument("action", choices=["list", "run", "status"])
@@ -88,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--imb-factor", type=float, default=100)
     d.add_argument("--no-test", action="store_true", help="leave the test images out of the pack")
     args = ap.parse_args(argv)
+    setup_logging(args.log_level)
 
     if args.cmd == "data" and args.action == "inspect":
         return _inspect(args.src, args.image_size)
@@ -112,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .config import ConfigError
     from .grid import load_grid, plan, progress, run_grid
+    from .results import Status
 
     try:
         overrides = _overrides(args.set)
@@ -137,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.action == "list":
         for cfg, status, target in plan(grid, not args.no_dedupe):
-            alias = f"  (= {target.run_path()})" if target is not None and status == "missing" else ""
+            alias = f"  (= {target.run_path()})" if target is not None and status == Status.MISSING else ""
             print(f"{status:8s} {cfg.run_path()}{alias}")
         print(f"{len(grid.runs)} runs in {grid.name}")
         return 0
@@ -148,11 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         extra = executor_status(grid)
         counts: Counter[str] = Counter()
         for cfg, status, target in rows:
-            st = status if status in ("done", "alias") else extra.get(cfg.run_path(), status)
-            if st == "missing" and target is not None:
+            st = status if status in (Status.DONE, Status.ALIAS) else extra.get(cfg.run_path(), status)
+            if st == Status.MISSING and target is not None:
                 st = "to-alias"
             counts[st] += 1
-            detail = progress(grid, cfg) if st in ("running", "partial", "failed") else ""
+            detail = progress(grid, cfg) if st in (Status.RUNNING, Status.PARTIAL, Status.FAILED) else ""
             print(f"{st:9s} {cfg.run_path()}" + (f"  [{detail}]" if detail else ""))
         print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
         return 0
@@ -180,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ltkit: {exc}", file=sys.stderr)
         return 2
-    print(f"done {len(summary['done'])}, skipped {len(summary['skipped'])}, aliased {len(summary['aliased'])}, "
-          f"failed {len(summary['failed'])}, stale {len(summary['stale'])}, interrupted {len(summary['interrupted'])}")
+    print(", ".join(f"{k} {len(summary[k])}" for k in ("done", "skipped", "aliased", "failed", "stale", "interrupted", "busy")))
     if summary["interrupted"]:
         print(f"interrupted: {len(summary['interrupted'])} run(s) not finished; finished runs are kept and the same "
               "command resumes the rest from their last epoch", file=sys.stderr)

@@ -16,32 +16,47 @@ is identical whichever source provided the pixels.
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .io import sha256_file
+from .folder import by_count, decode_folder
+from .io import atomic_write_json, sha256_file
+from .layout import default_data_root
 from .registry import Registry, choice_error
+from .splits import (
+    IMBALANCE_TYPES,
+    THESIS_TEST_FRACTION,
+    DataError,
+    cao2019_indices,
+    cao2019_subset_table,
+    check_counts,
+    class_groups,
+    holdout_indices,
+    natural_indices,
+    thesis_indices,
+)
 
-SOURCES = Registry("dataset")
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A source's fixed shape where it has one (CIFAR): lets the grid plan counts without loading images."""
+
+    num_classes: int | None = None
+    train_per_class: int | None = None
+
+
+SOURCES: Registry[SourceSpec] = Registry("dataset", SourceSpec)
 PROTOCOLS = Registry("protocol")
-IMBALANCE_TYPES = ("exp", "step")
 
 # Published per-channel statistics of the CIFAR training sets (used for normalisation).
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-
-
-class DataError(RuntimeError):
-    """Missing, corrupt or unusable data; the message says where and what to do."""
 
 
 @dataclass
@@ -133,58 +148,7 @@ def restrict_classes(ds: LTDataset, keep: np.ndarray) -> LTDataset:
 # --------------------------------------------------------------------------- counts and groups
 
 
-def lt_counts(n_max: int, num_classes: int, imb_factor: float, imb_type: str = "exp", min_count: int = 0) -> np.ndarray:
-    """Per-class counts of a long-tailed split.
-
-    ``exp`` (Cui et al. 2019; Cao et al. 2019): n_i = floor(n_max * IF^(-i/(K-1))).
-    ``step`` (Buda et al. 2018; Cao et al. 2019): the first half of the classes keep
-    n_max, the rest get floor(n_max / IF). ``min_count`` floors every class (the
-    thesis's LT test set keeps at least one image per class). IF = 1 is balanced.
-    """
-    if imb_type not in IMBALANCE_TYPES:
-        raise choice_error("imbalance type", imb_type, IMBALANCE_TYPES)
-    if not (isinstance(imb_factor, (int, float)) and math.isfinite(imb_factor) and imb_factor >= 1):
-        raise ValueError(f"imbalance factor must be a number >= 1, got {imb_factor!r}")
-    if num_classes < 2:
-        raise ValueError(f"need at least 2 classes, got {num_classes}")
-    i = np.arange(num_classes)
-    if imb_type == "exp":
-        counts = np.floor(n_max * np.power(float(imb_factor), -i / (num_classes - 1)) + 1e-9).astype(int)
-    else:
-        counts = np.where(i < num_classes // 2, n_max, int(n_max // imb_factor))
-    counts = np.maximum(counts, min_count)
-    if (counts < 1).any():
-        bad = int(np.argmax(counts < 1))
-        raise ValueError(
-            f"imbalance factor {imb_factor} with n_max {n_max} leaves class {bad} with zero images; "
-            f"use an imbalance factor <= {n_max}"
-        )
-    return counts
-
-
-def thirds(num_classes: int) -> dict[str, np.ndarray]:
-    """Head / middle / tail by class index: 0-32 / 33-65 / 66-99 for K = 100 (thesis 3.2.3)."""
-    a, b = num_classes // 3, (2 * num_classes) // 3
-    idx = np.arange(num_classes)
-    return {"head": idx < a, "middle": (idx >= a) & (idx < b), "tail": idx >= b}
-
-
-def shot_groups(train_counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Many (>100) / medium (20-100) / few (<20) training images (Liu et al. 2019, OLTR)."""
-    c = np.asarray(train_counts)
-    return {"many": c > 100, "medium": (c >= 20) & (c <= 100), "few": c < 20}
-
-
-def class_groups(train_counts: np.ndarray) -> dict[str, np.ndarray]:
-    return {**thirds(len(train_counts)), **shot_groups(train_counts)}
-
-
 # --------------------------------------------------------------------------- sources
-
-
-def default_data_root() -> Path:
-    """``LTKIT_DATA`` if set, else the repository's ``data/`` folder (git-ignored)."""
-    return Path(os.environ.get("LTKIT_DATA", Path(__file__).resolve().parent.parent / "data"))
 
 
 def _verify_sums(folder: Path, names: list[str]) -> None:
@@ -242,7 +206,7 @@ def _load_npz_pool(folder: Path, name: str, mean, std) -> Pool:
     except Exception as exc:  # zipfile / zlib errors on a truncated archive, a pickled array
         raise DataError(f"{folder}: cannot read train.npz/test.npz ({type(exc).__name__}: {exc})") from exc
     (trd, ted) = arrays
-    num_classes = int(SOURCES.info(name).get("num_classes", 0)) or None
+    num_classes = SOURCES.info(name).num_classes
     classes_file = folder / "classes.txt"
     classes = classes_file.read_text(encoding="utf-8").split() if classes_file.exists() else None
     if classes is not None and num_classes is not None and len(classes) != num_classes:
@@ -378,11 +342,6 @@ def synthetic_pool(num_classes: int = 10, train_per_class: int = 250, test_per_c
 # --------------------------------------------------------------------------- protocols
 
 
-def per_class_indices(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
-    """Indices of each class in source order (CIFAR's official order within a class)."""
-    return [np.flatnonzero(labels == c) for c in range(num_classes)]
-
-
 def take(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, present: np.ndarray | None, what: str) -> Split:
     idx = np.sort(np.asarray(idx, dtype=np.int64))
     if present is not None and not present[idx].all():
@@ -391,29 +350,6 @@ def take(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, present: np.nd
                         "pack it again for this protocol (ltkit data pack)")
     x = torch.from_numpy(np.ascontiguousarray(images[idx])).permute(0, 3, 1, 2).contiguous()
     return Split(x, torch.from_numpy(labels[idx].astype(np.int64)))
-
-
-def _check_counts(counts: np.ndarray, what: str) -> None:
-    if (counts < 1).any():
-        raise ValueError(f"{what}: class {int(np.argmin(counts))} would have zero images")
-
-
-def thesis_indices(labels: np.ndarray, k: int, imb_factor: float = 100, imb_type: str = "exp", seed: int = 42,
-                   test_fraction: float = 0.1, test_imb_factor: float = 100) -> dict[str, np.ndarray]:
-    """Which training-pool images each split of the thesis protocol takes (see :func:`thesis_split`)."""
-    rng = np.random.default_rng(seed)
-    train_parts, test_parts = [], []
-    for idx in per_class_indices(labels, k):
-        perm = idx[rng.permutation(len(idx))]
-        n_test = int(round(len(idx) * test_fraction))
-        test_parts.append(perm[:n_test])
-        train_parts.append(perm[n_test:])
-    train_counts = lt_counts(len(train_parts[0]), k, imb_factor, imb_type)
-    lt_test_counts = lt_counts(len(test_parts[0]), k, test_imb_factor, "exp", min_count=1)
-    return {"train": np.concatenate([p[:n] for p, n in zip(train_parts, train_counts, strict=True)]),
-            "balanced": np.concatenate(test_parts),
-            "lt": np.concatenate([p[:n] for p, n in zip(test_parts, lt_test_counts, strict=True)]),
-            "train_counts": train_counts}
 
 
 @PROTOCOLS.register("thesis")
@@ -443,55 +379,6 @@ def thesis_split(pool: Pool, imb_factor: float = 100, imb_type: str = "exp", see
     )
 
 
-CAO2019_SEED = 0  # ``IMBALANCECIFAR10(rand_number=0)`` in Cao et al.'s imbalance_cifar.py
-
-
-def cao2019_ranks(class_sizes: list[int] | np.ndarray, seed: int = CAO2019_SEED) -> list[np.ndarray]:
-    """Each class's images in the order Cao et al.'s ``gen_imbalanced_data`` draws them.
-
-    Their code seeds NumPy's legacy global generator (``np.random.seed(0)``), then,
-    class by class in label order, ``np.random.shuffle``s the positions of the
-    class's images and keeps the first n_i. A shuffle's permutation depends only
-    on the generator state and the array's length, so the ranks drawn here (rank
-    r = the class's r-th image in the official order) pick the same images from
-    torchvision's files or from an npz that keeps each class's official order.
-    Returns the full permutation of every class: the first n_i ranks are the
-    training subset, the next ones are unused images (our validation split).
-    """
-    rs = np.random.RandomState(seed)
-    out = []
-    for size in class_sizes:
-        perm = np.arange(int(size), dtype=np.int64)
-        rs.shuffle(perm)
-        out.append(perm)
-    return out
-
-
-def cao2019_indices(labels: np.ndarray, k: int, imb_factor: float = 100, imb_type: str = "exp",
-                    val_per_class: int = 20) -> dict[str, np.ndarray]:
-    """Which training-pool images the cao2019 protocol trains on (Cao et al.'s exact subset) and validates on."""
-    per_class = per_class_indices(labels, k)
-    n_max = min(len(p) for p in per_class)
-    counts = lt_counts(n_max, k, imb_factor, imb_type)
-    ranks = cao2019_ranks([len(p) for p in per_class])
-    return {"train": np.concatenate([p[r[:n]] for p, r, n in zip(per_class, ranks, counts, strict=True)]),
-            "val": np.concatenate([p[r[n:n + val_per_class]] for p, r, n in zip(per_class, ranks, counts, strict=True)]),
-            "train_counts": counts, "n_max": np.asarray(n_max)}
-
-
-def cao2019_subset_table(class_sizes: list[int], imb_factor: float, imb_type: str = "exp") -> dict:
-    """The selected (class, within-class rank) list of one cao2019 setting, with its SHA256.
-
-    The digest is over the text lines ``"<class>,<rank>"``, classes in label order and ranks ascending,
-    joined by newlines: anyone can recompute it from their own subset.
-    """
-    counts = lt_counts(min(class_sizes), len(class_sizes), imb_factor, imb_type)
-    chosen = [np.sort(r[:n]).tolist() for r, n in zip(cao2019_ranks(class_sizes), counts, strict=True)]
-    text = "\n".join(f"{c},{r}" for c, ranks in enumerate(chosen) for r in ranks)
-    return {"imb_factor": imb_factor, "imb_type": imb_type, "total": int(counts.sum()), "counts": counts.tolist(),
-            "sha256": hashlib.sha256(text.encode()).hexdigest(), "ranks": chosen}
-
-
 # The settings published in book/data/cao2019_subsets.json: (dataset, classes, images per class, IF, type).
 CAO2019_PUBLISHED = (("cifar100", 100, 500, 100, "exp"), ("cifar100", 100, 500, 50, "exp"),
                      ("cifar100", 100, 500, 10, "exp"), ("cifar10", 10, 5000, 100, "exp"))
@@ -499,8 +386,6 @@ CAO2019_PUBLISHED = (("cifar100", 100, 500, 100, "exp"), ("cifar100", 100, 500, 
 
 def write_cao2019_subsets(path: str | Path) -> dict:
     """Write every published cao2019 subset as (class, within-class rank) lists with their SHA256."""
-    from .io import atomic_write_json
-
     settings = {}
     for name, k, n, imb, typ in CAO2019_PUBLISHED:
         settings[f"{name}_{typ}{imb:g}"] = {"dataset": name, "num_classes": k, "n_max": n,
@@ -541,6 +426,64 @@ def cao2019_split(pool: Pool, imb_factor: float = 100, imb_type: str = "exp", va
     )
 
 
+@SOURCES.register("folder")
+def folder_pool(root: str | Path | None = None, image_size: int = 64, test_fraction: float = 0.2, seed: int = 0,
+                cache_dir: str | Path | None = None, **_: object) -> Pool:
+    """A per-class folder dataset as a pool: a seeded, stratified train / test split of each class.
+
+    Each class gives ``max(1, round(test_fraction * n))`` images to the test part
+    and keeps at least one for training (a class of one image is an error).
+    Classes are re-indexed by descending count (ties by name).
+    """
+    if root is None:
+        raise DataError("folder dataset: set data_root to the folder that holds one sub-folder per class")
+    if not 0 < test_fraction < 1:
+        raise DataError(f"folder dataset: bad value for 'test_fraction': {test_fraction} (accepted: a number in (0, 1))")
+    images, labels, names, _ = decode_folder(root, image_size, cache_dir)
+    counts = np.bincount(labels, minlength=len(names))
+    tiny = [names[i] for i in np.flatnonzero(counts < 2)]
+    if tiny:
+        raise DataError(f"folder dataset: class(es) {', '.join(map(repr, tiny))} have fewer than 2 readable images; "
+                        "a class needs one to train on and one to test on")
+    order = by_count(counts, names)
+    new_label = np.empty(len(names), np.int64)
+    new_label[order] = np.arange(len(names))
+    labels = new_label[labels]
+    names = [names[i] for i in order]
+    tr, te = holdout_indices(labels, len(names), test_fraction, seed)
+    x = images[tr].astype(np.float64) / 255.0
+    mean = tuple(float(v) for v in x.mean(axis=(0, 1, 2)))
+    std = tuple(float(v) for v in x.std(axis=(0, 1, 2)).clip(1e-3))
+    return Pool(Path(root).name, names, images[tr], labels[tr], images[te], labels[te], mean, std,
+                origin=f"folder {root}")
+
+
+@PROTOCOLS.register("natural")
+def natural_split(pool: Pool, val_per_class: int = 20, **_: object) -> LTDataset:
+    """The data's own imbalance: train on the pool's training part as it is.
+
+    Validation: up to ``val_per_class`` images of each class's training part, never
+    more than a fifth of it (classes with fewer than 5 training images give none).
+    Tests: ``lt`` = the whole test part (the data's own distribution) and
+    ``balanced`` = the first m test images of every class, m = the smallest class's
+    test count, so the headline number weighs every class alike.
+    """
+    k = len(pool.classes)
+    ix = natural_indices(pool.train_labels, pool.test_labels, k, val_per_class)
+    tr_idx, val_idx, bal_idx, m = ix["train"], ix["val"], ix["balanced"], int(ix["balanced_per_class"])
+    train = take(pool.train_images, pool.train_labels, tr_idx, None, "train")
+    counts = train.counts(k)
+    return LTDataset(
+        name=pool.name, protocol="natural", classes=pool.classes, train=train,
+        val=take(pool.train_images, pool.train_labels, val_idx, None, "val") if len(val_idx) else None,
+        tests={"balanced": take(pool.test_images, pool.test_labels, bal_idx, None, "balanced test"),
+               "lt": take(pool.test_images, pool.test_labels, ix["lt"], None, "test")},
+        train_counts=counts, mean=pool.mean, std=pool.std,
+        meta={"origin": pool.origin, "balanced_test_per_class": m,
+              "imb_factor_found": float(counts.max() / max(counts.min(), 1))},
+    )
+
+
 def load_pool(dataset: str, root: str | Path | None = None, download: bool = True, **kw: object) -> Pool:
     return SOURCES.get(dataset)(root=root, download=download, **kw)
 
@@ -559,7 +502,7 @@ def load_dataset(dataset: str, protocol: str, *, imb_factor: float = 100, imb_ty
         raise choice_error("imbalance type", imb_type, IMBALANCE_TYPES)
     pool = load_pool(dataset, root=root, download=download, **(source_kwargs or {}))
     ds = split_fn(pool, imb_factor=imb_factor, imb_type=imb_type, seed=split_seed, **protocol_kwargs)
-    _check_counts(ds.train_counts, f"{protocol} train split")
+    check_counts(ds.train_counts, f"{protocol} train split")
     return ds
 
 
@@ -584,7 +527,7 @@ def pack_subset(src_root: str | Path, dataset: str, out_dir: str | Path, protoco
             need_tr[ix["train"]] = need_tr[ix["val"]] = True
         elif name == "thesis":
             ix = thesis_indices(pool.train_labels, k, spec.get("imb_factor", 100), spec.get("imb_type", "exp"),
-                                spec.get("seed", 42), spec.get("test_fraction", 0.1), spec.get("test_imb_factor", 100))
+                                spec.get("seed", 42), spec.get("test_fraction", THESIS_TEST_FRACTION), spec.get("test_imb_factor", 100))
             need_tr[ix["train"]] = need_tr[ix["balanced"]] = True
         else:
             raise choice_error("protocol", name, ["cao2019", "thesis"])
@@ -600,12 +543,3 @@ def pack_subset(src_root: str | Path, dataset: str, out_dir: str | Path, protoco
     sums = "".join(f"{sha256_file(out / f)}  {f}\n" for f in ("train.npz", "test.npz", "classes.txt"))
     (out / "SHA256SUMS").write_text(sums)
     return {"train": int(need_tr.sum()), "test": int(need_te.sum())}
-
-
-def warn_skipped(paths: list[str]) -> None:
-    if paths:
-        warnings.warn(f"skipped {len(paths)} unreadable image(s): {', '.join(paths[:10])}"
-                      + (" ..." if len(paths) > 10 else ""), stacklevel=2)
-
-
-from . import folder as _folder  # noqa: E402,F401  (registers the ``folder`` source and ``natural`` protocol)

@@ -14,7 +14,8 @@ import platform
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from .layout import REPO
+
 LOCK = REPO / "requirements.lock"
 
 

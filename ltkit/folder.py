@@ -1,4 +1,4 @@
-"""People's own long-tailed data: one folder per class (``folder`` source, ``natural`` protocol).
+"""People's own long-tailed data: reading one folder per class (the ``folder`` source of :mod:`ltkit.data`).
 
     my_data/
       noctua_pronuba/   img001.jpg img002.jpg ...     (a folder per class; any depth below it)
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import PROTOCOLS, SOURCES, DataError, LTDataset, Pool, default_data_root, per_class_indices, take, warn_skipped
 from .io import atomic_write_bytes, stat_digest
+from .layout import default_data_root
+from .splits import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 CACHE_VERSION = 1
@@ -132,73 +133,7 @@ def decode_folder(root: str | Path, image_size: int = 64, cache_dir: str | Path 
     return images_np, labels_np, names, skipped
 
 
-@SOURCES.register("folder")
-def folder_pool(root: str | Path | None = None, image_size: int = 64, test_fraction: float = 0.2, seed: int = 0,
-                cache_dir: str | Path | None = None, **_: object) -> Pool:
-    """A per-class folder dataset as a pool: a seeded, stratified train / test split of each class.
-
-    Each class gives ``max(1, round(test_fraction * n))`` images to the test part
-    and keeps at least one for training (a class of one image is an error).
-    Classes are re-indexed by descending count (ties by name).
-    """
-    if root is None:
-        raise DataError("folder dataset: set data_root to the folder that holds one sub-folder per class")
-    if not 0 < test_fraction < 1:
-        raise DataError(f"folder dataset: bad value for 'test_fraction': {test_fraction} (accepted: a number in (0, 1))")
-    images, labels, names, _ = decode_folder(root, image_size, cache_dir)
-    counts = np.bincount(labels, minlength=len(names))
-    tiny = [names[i] for i in np.flatnonzero(counts < 2)]
-    if tiny:
-        raise DataError(f"folder dataset: class(es) {', '.join(map(repr, tiny))} have fewer than 2 readable images; "
-                        "a class needs one to train on and one to test on")
-    order = by_count(counts, names)
-    new_label = np.empty(len(names), np.int64)
-    new_label[order] = np.arange(len(names))
-    labels = new_label[labels]
-    names = [names[i] for i in order]
-    rng = np.random.default_rng(seed)
-    train_idx, test_idx = [], []
-    for idx in per_class_indices(labels, len(names)):
-        perm = idx[rng.permutation(len(idx))]
-        n_test = min(max(1, int(round(test_fraction * len(idx)))), len(idx) - 1)
-        test_idx.append(perm[:n_test])
-        train_idx.append(perm[n_test:])
-    tr, te = np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
-    x = images[tr].astype(np.float64) / 255.0
-    mean = tuple(float(v) for v in x.mean(axis=(0, 1, 2)))
-    std = tuple(float(v) for v in x.std(axis=(0, 1, 2)).clip(1e-3))
-    return Pool(Path(root).name, names, images[tr], labels[tr], images[te], labels[te], mean, std,
-                origin=f"folder {root}")
-
-
-@PROTOCOLS.register("natural")
-def natural_split(pool: Pool, val_per_class: int = 20, **_: object) -> LTDataset:
-    """The data's own imbalance: train on the pool's training part as it is.
-
-    Validation: up to ``val_per_class`` images of each class's training part, never
-    more than a fifth of it (classes with fewer than 5 training images give none).
-    Tests: ``lt`` = the whole test part (the data's own distribution) and
-    ``balanced`` = the first m test images of every class, m = the smallest class's
-    test count, so the headline number weighs every class alike.
-    """
-    k = len(pool.classes)
-    tr_parts, val_parts = [], []
-    for idx in per_class_indices(pool.train_labels, k):
-        n_val = min(val_per_class, len(idx) // 5)
-        val_parts.append(idx[:n_val])
-        tr_parts.append(idx[n_val:])
-    tr_idx, val_idx = np.concatenate(tr_parts), np.concatenate(val_parts)
-    test_parts = per_class_indices(pool.test_labels, k)
-    m = min(len(p) for p in test_parts)
-    bal_idx = np.concatenate([p[:m] for p in test_parts])
-    train = take(pool.train_images, pool.train_labels, tr_idx, None, "train")
-    counts = train.counts(k)
-    return LTDataset(
-        name=pool.name, protocol="natural", classes=pool.classes, train=train,
-        val=take(pool.train_images, pool.train_labels, val_idx, None, "val") if len(val_idx) else None,
-        tests={"balanced": take(pool.test_images, pool.test_labels, bal_idx, None, "balanced test"),
-               "lt": take(pool.test_images, pool.test_labels, np.arange(len(pool.test_labels)), None, "test")},
-        train_counts=counts, mean=pool.mean, std=pool.std,
-        meta={"origin": pool.origin, "balanced_test_per_class": m,
-              "imb_factor_found": float(counts.max() / max(counts.min(), 1))},
-    )
+def warn_skipped(paths: list[str]) -> None:
+    if paths:
+        warnings.warn(f"skipped {len(paths)} unreadable image(s): {', '.join(paths[:10])}"
+                      + (" ..." if len(paths) > 10 else ""), stacklevel=2)

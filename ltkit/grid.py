@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
 import re
 import signal
@@ -27,18 +28,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .config import ConfigError, RunConfig, make_config
+from .data import SOURCES, DataError, load_pool
 from .io import LockHeld, atomic_write_bytes, atomic_write_text, is_locked, run_lock, yaml_load
+from .layout import LAST, NOTEBOOK, REPO
 from .losses import LOSSES, check_ce_equivalence, reduces_to_ce
+from .models import MODELS, weights_problem
 from .results import (
+    Status,
     load_metrics,
     mark_complete,
     notebook_error,
@@ -47,12 +52,13 @@ from .results import (
     run_status,
     write_alias,
 )
+from .splits import expected_train_counts
 
-GRID_KEYS = {"name", "description", "results", "base", "axes", "seeds", "methods", "slurm", "runs_per_gpu"}
+GRID_KEYS = {"extends", "name", "description", "results", "base", "axes", "seeds", "methods", "slurm", "runs_per_gpu"}
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 STOP = threading.Event()  # set on Ctrl-C / SIGTERM: no new run starts, running ones are stopped
-REPO = Path(__file__).resolve().parent.parent
-NOTEBOOK = REPO / "notebooks" / "train.ipynb"
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,9 +84,7 @@ class Grid:
         return self.ckpt_root / cfg.run_path()
 
 
-def load_grid(path: str | Path, overrides: dict[str, Any] | None = None, results: str | Path | None = None) -> Grid:
-    """Read and fully validate a grid file; ``overrides`` apply to every run (e.g. a tiny CI setting)."""
-    path = Path(path)
+def _read_spec(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"grid file {path} does not exist (grids live in configs/)")
     if not path.is_file():
@@ -97,7 +101,34 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None, results
             from None
     if spec is None:
         raise ConfigError(f"grid file {path} is empty (expected at least 'methods:' and 'base:'; see configs/demo.yaml)")
-    return grid_from_spec(spec, overrides, results, path)
+    return spec
+
+
+def _resolve_extends(spec: dict, path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """``extends: other.yaml`` (beside this file): that grid, with this file's keys on top and
+    its ``base`` merged field by field, so a variant states only what differs (e.g. the IF)."""
+    if not isinstance(spec, dict) or "extends" not in spec:
+        return spec
+    parent_path = (path.parent / str(spec["extends"])).resolve()
+    if parent_path in seen or parent_path == path.resolve():
+        chain = " -> ".join(p.name for p in (*seen, path.resolve(), parent_path))
+        raise ConfigError(f"grid file {path}: 'extends' goes round in a circle ({chain})")
+    parent = _resolve_extends(_read_spec(parent_path), parent_path, (*seen, path.resolve()))
+    if not isinstance(parent, dict):
+        raise ConfigError(f"grid file {parent_path} (extended by {path}) is not a mapping")
+    child = {k: v for k, v in spec.items() if k != "extends"}
+    merged = {**parent, **child}
+    if isinstance(parent.get("base"), dict) and isinstance(child.get("base"), dict):
+        merged["base"] = {**parent["base"], **child["base"]}
+    if "name" not in child:
+        merged.pop("name", None)  # a variant is named after its own file, never its parent's
+    return merged
+
+
+def load_grid(path: str | Path, overrides: dict[str, Any] | None = None, results: str | Path | None = None) -> Grid:
+    """Read and fully validate a grid file; ``overrides`` apply to every run (e.g. a tiny CI setting)."""
+    path = Path(path)
+    return grid_from_spec(_resolve_extends(_read_spec(path), path), overrides, results, path)
 
 
 def grid_from_spec(spec: dict, overrides: dict | None = None, results: str | Path | None = None,
@@ -147,7 +178,7 @@ def grid_from_spec(spec: dict, overrides: dict | None = None, results: str | Pat
                 "collapse into one; drop the axis or the --set" if clash else "give methods distinct 'label's")
         raise ConfigError(f"{path or 'grid'}: two runs share a results folder; {hint}")
     for r in runs:
-        if r.stage1 and r.run_path().replace(f"/{r.name}/", f"/{r.stage1}/") not in labels:
+        if r.stage1 and r.stage1_path() not in labels:
             raise ConfigError(f"{path or 'grid'}: {r.name!r} starts from stage one {r.stage1!r}, which the grid lacks")
     res = Path(results or spec.get("results") or f"results/{name}")
     if not res.is_absolute():
@@ -165,8 +196,6 @@ def preflight(runs: list[RunConfig]) -> None:
     runs before failing on the weights (about an hour for the whole grid); here it stops in seconds
     with one message that says what is missing and how to provide it.
     """
-    from .data import DataError, load_pool
-    from .models import weights_problem
 
     problems = []
     for key in sorted({(r.dataset, r.data_root, json.dumps(r.source_params, sort_keys=True)) for r in runs}):
@@ -188,17 +217,14 @@ def preflight(runs: list[RunConfig]) -> None:
 
 def expected_counts(cfg: RunConfig):
     """Training counts of a run, computed without loading images (None if unknown)."""
-    from .data import SOURCES, lt_counts
-
-    info = SOURCES.info(cfg.dataset)
+    spec = SOURCES.info(cfg.dataset)
     if cfg.dataset == "synthetic":
         k, per = cfg.source_params.get("num_classes", 10), cfg.source_params.get("train_per_class", 250)
-    elif "num_classes" in info and "train_per_class" in info:
-        k, per = info["num_classes"], info["train_per_class"]
+    elif spec.num_classes and spec.train_per_class:
+        k, per = spec.num_classes, spec.train_per_class
     else:
         return None
-    n_max = per - int(round(per * 0.1)) if cfg.protocol == "thesis" else per
-    return lt_counts(n_max, k, cfg.imb_factor, cfg.imb_type)
+    return expected_train_counts(cfg.protocol, [per] * k, cfg.imb_factor, cfg.imb_type)
 
 
 def ce_twin(cfg: RunConfig) -> RunConfig:
@@ -235,10 +261,10 @@ def plan(grid: Grid, dedupe: bool = True) -> list[tuple[RunConfig, str, RunConfi
     for r in grid.runs:
         st = run_status(grid.run_dir(r), r.fingerprint())
         target = alias_target(r, runs) if dedupe else None
-        if st in ("missing", "failed", "alias-pending") and _locked(grid, r):
-            st = "running"
-        elif st == "missing" and (grid.ckpt_dir(r) / "last.pt").exists():
-            st = "partial"
+        if st in (Status.MISSING, Status.FAILED, Status.ALIAS_PENDING) and _locked(grid, r):
+            st = Status.RUNNING
+        elif st == Status.MISSING and (grid.ckpt_dir(r) / LAST).exists():
+            st = Status.PARTIAL
         out.append((r, st, target))
     return out
 
@@ -350,8 +376,7 @@ def _stage1_problem(grid: Grid, cfg: RunConfig) -> str | None:
     """Why a stage-two run cannot start from its stage one's checkpoint (None: it can)."""
     if not cfg.stage1:
         return None
-    s1_path = cfg.run_path().replace(f"/{cfg.name}/", f"/{cfg.stage1}/")
-    s1 = next((r for r in grid.runs if r.run_path() == s1_path), None)
+    s1 = next((r for r in grid.runs if r.run_path() == cfg.stage1_path()), None)
     if s1 is None:
         return None
     path = grid.ckpt_dir(s1) / "final.pt"
@@ -369,8 +394,21 @@ def _stage1_problem(grid: Grid, cfg: RunConfig) -> str | None:
     return None
 
 
-def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, log: Callable[[str], None] = print,
-                force: bool = False) -> str:
+class Outcome(StrEnum):
+    """What one :func:`execute_run` call did (the keys of :func:`run_grid`'s summary)."""
+
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # Ctrl-C / SIGTERM: its checkpoint stays for a resume
+    BUSY = "busy"  # another process holds it, is training it, or finished it meanwhile
+
+
+# run_grid's summary: each outcome, plus what planning settled without running
+# (skipped: already done or an alias; aliased: written now; stale: done with another configuration)
+SUMMARY_KEYS = (*(str(o) for o in Outcome), "skipped", "aliased", "stale")
+
+
+def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, force: bool = False) -> str:
     """Execute one run's notebook with papermill; returns 'done', 'failed', 'skipped' or 'interrupted'.
 
     'skipped': another process holds the run's lock or is training it, or finished it between
@@ -382,25 +420,25 @@ def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, l
     """
     run_dir, ckpt = grid.run_dir(cfg), grid.ckpt_dir(cfg)
     if STOP.is_set():
-        return "interrupted"
+        return Outcome.INTERRUPTED
     start = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t0 = time.time()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         with run_lock(ckpt / ".lock"):
             if _wait_for_training(ckpt / ".train.lock", TRAIN_LOCK_WAIT):
-                log(f"skip {cfg.run_path()}: another process is still training it (pid in {ckpt / '.train.lock'})")
-                return "skipped"
-            if not force and run_status(run_dir, cfg.fingerprint()) == "done":
-                log(f"skip {cfg.run_path()}: finished by another process meanwhile")
-                return "skipped"
+                _log.info(f"skip {cfg.run_path()}: another process is still training it (pid in {ckpt / '.train.lock'})")
+                return Outcome.BUSY
+            if not force and run_status(run_dir, cfg.fingerprint()) == Status.DONE:
+                _log.info(f"skip {cfg.run_path()}: finished by another process meanwhile")
+                return Outcome.BUSY
             if force:
                 _set_aside(run_dir, ckpt)
             problem = _stage1_problem(grid, cfg)
             if problem:
                 record_failure(run_dir, cfg, start, time.time() - t0, problem)
-                log(f"FAILED {cfg.run_path()}: {problem}")
-                return "failed"
+                _log.error(f"FAILED {cfg.run_path()}: {problem}")
+                return Outcome.FAILED
             params_file = ckpt / "parameters.yaml"
             atomic_write_text(params_file, yaml.safe_dump(notebook_parameters(grid, cfg)))
             partial = ckpt / "train.partial.ipynb"
@@ -409,36 +447,36 @@ def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, l
             for attempt in (1, 2):
                 proc = _papermill(cmd, full_env)
                 if STOP.is_set():
-                    log(f"interrupted {cfg.run_path()}: its checkpoint stays; re-run the grid to resume")
-                    return "interrupted"
+                    _log.warning(f"interrupted {cfg.run_path()}: its checkpoint stays; re-run the grid to resume")
+                    return Outcome.INTERRUPTED
                 died_at_start = any(e in proc.stderr for e in KERNEL_START_ERRORS) and _no_cell_ran(partial)
                 if proc.returncode == 0 or not died_at_start or attempt == 2:
                     break
-                log(f"retry {cfg.run_path()}: the kernel died before running a cell")
+                _log.warning(f"retry {cfg.run_path()}: the kernel died before running a cell")
                 time.sleep(1.0)
             if partial.exists():  # the executed notebook, whole, also on failure (it keeps the traceback)
                 atomic_write_bytes(run_dir / "train.ipynb", partial.read_bytes())
                 partial.unlink()
             if proc.returncode == 0 and load_metrics(run_dir) is not None:
                 mark_complete(run_dir, cfg.fingerprint())
-                return "done"
+                return Outcome.DONE
             err = notebook_error(run_dir / "train.ipynb") or (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
             prov = run_dir / "provenance.json"
-            if not prov.exists() or json.loads(prov.read_text()).get("status") != "failed":
+            if not prov.exists() or json.loads(prov.read_text()).get("status") != Status.FAILED:
                 record_failure(run_dir, cfg, start, time.time() - t0, err)
-            log(f"FAILED {cfg.run_path()}: {err}")
-            return "failed"
+            _log.error(f"FAILED {cfg.run_path()}: {err}")
+            return Outcome.FAILED
     except LockHeld as exc:
-        log(f"skip {cfg.run_path()}: {exc}")
-        return "skipped"
+        _log.info(f"skip {cfg.run_path()}: {exc}")
+        return Outcome.BUSY
     except OSError as exc:  # disk full, permissions: this run fails, the grid goes on
         err = f"{type(exc).__name__}: {exc}"
         try:
             record_failure(run_dir, cfg, start, time.time() - t0, err)
         except OSError:
             pass
-        log(f"FAILED {cfg.run_path()}: {err}")
-        return "failed"
+        _log.error(f"FAILED {cfg.run_path()}: {err}")
+        return Outcome.FAILED
 
 
 def _set_aside(run_dir: Path, ckpt: Path) -> None:
@@ -463,13 +501,12 @@ def run_memory_gib(models: list[str]) -> float:
         peaks = {k: v.get("peak_gpu_mem_gib") for k, v in json.loads(MEASURED_PEAKS.read_text())["models"].items()}
     except (OSError, ValueError, KeyError, AttributeError):
         peaks = {}
-    from .models import MODELS
 
     need = []
     for m in models or [None]:
         if m in peaks and peaks[m]:
             need.append(1.25 * peaks[m] + 1.0)
-        elif m is not None and MODELS.info(m).get("family") == "cifar":
+        elif m is not None and MODELS.info(m).family == "cifar":
             need.append(2.0)
         else:
             need.append(DEFAULT_RUN_GIB)
@@ -509,13 +546,13 @@ def pending_runs(grid: Grid, force: bool = False, dedupe: bool = True) -> tuple[
     """
     rows = plan(grid, dedupe)
     # fail fast, before anything is written (aliases included): the runs that would train
-    preflight([c for c, st, t in rows if t is None and (force or st not in ("done", "alias", "stale"))])
-    todo, summary = [], {"done": [], "skipped": [], "aliased": [], "failed": [], "stale": [], "interrupted": []}
+    preflight([c for c, st, t in rows if t is None and (force or st not in (Status.DONE, Status.ALIAS, Status.STALE))])
+    todo, summary = [], {k: [] for k in SUMMARY_KEYS}
     for cfg, status, target in rows:
-        if status in ("done", "alias") and not force:
+        if status in (Status.DONE, Status.ALIAS) and not force:
             summary["skipped"].append(cfg.run_path())
             continue
-        if status == "stale" and not force:  # never reused, never overwritten without being asked
+        if status == Status.STALE and not force:  # never reused, never overwritten without being asked
             summary["stale"].append(cfg.run_path())
             continue
         if target is not None:
@@ -534,11 +571,11 @@ def phases(todo: list[RunConfig]) -> list[list[RunConfig]]:
 
 
 def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | None = None,
-             log: Callable[[str], None] = print, stagger: float = 1.0) -> dict[str, list[str]]:
+             stagger: float = 1.0) -> dict[str, list[str]]:
     """Run what is missing: stage-one runs first, then stage-two; one run per slot at a time."""
     todo, summary = pending_runs(grid, force, dedupe)
     slots = gpu_slots(grid.runs_per_gpu, jobs, sorted({c.model for c in todo}))
-    log(f"{grid.name}: {len(todo)} to run on {len(slots)} slot(s); {len(summary['skipped'])} already done, "
+    _log.info(f"{grid.name}: {len(todo)} to run on {len(slots)} slot(s); {len(summary['skipped'])} already done, "
         f"{len(summary['aliased'])} aliased to CE")
     lock = threading.Lock()
     free = list(slots)
@@ -548,7 +585,7 @@ def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | N
             slot = free.pop()
         try:
             env = {"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {}
-            return cfg, execute_run(grid, cfg, env, log, force=force)
+            return cfg, execute_run(grid, cfg, env, force=force)
         finally:
             with lock:
                 free.append(slot)
@@ -558,7 +595,7 @@ def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | N
     recorded: set[str] = set()
 
     def record(cfg: RunConfig, st: str) -> None:
-        summary[st if st in ("done", "failed", "interrupted") else "skipped"].append(cfg.run_path())
+        summary[str(st)].append(cfg.run_path())
         recorded.add(cfg.run_path())
 
     STOP.clear()
@@ -574,7 +611,7 @@ def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | N
                     record(*fut.result())
                     bar.update()
             except KeyboardInterrupt:  # Ctrl-C (or SIGTERM, see the CLI): stop now, keep what finished
-                log("interrupted: stopping the running notebooks; finished runs are kept, re-run to resume")
+                _log.warning("interrupted: stopping the running notebooks; finished runs are kept, re-run to resume")
                 pool.shutdown(wait=False, cancel_futures=True)
                 stop_running()
                 for fut, cfg in zip(futures, phase, strict=False):  # what ended meanwhile keeps its outcome
@@ -582,7 +619,7 @@ def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | N
                         record(*fut.result())
                 for cfg in todo:  # this phase's unfinished runs and every later phase's
                     if cfg.run_path() not in recorded:
-                        record(cfg, "interrupted")
+                        record(cfg, Outcome.INTERRUPTED)
                 return summary
         if STOP.is_set():
             break

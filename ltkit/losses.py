@@ -21,7 +21,9 @@ Adding a loss is one factory and one ``@LOSSES.register`` line.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,7 +32,27 @@ from torch import nn
 
 from .registry import Registry
 
-LOSSES = Registry("loss")
+
+@dataclass(frozen=True)
+class LossSpec:
+    """What the rest of ltkit knows about a loss, beside its factory.
+
+    ``equivalent_to_ce(counts, **params)``: is the loss plain softmax CE for these
+    counts? It receives every factory parameter (defaults filled from the factory's
+    signature, so no default is written twice). ``classifier``: the head the loss
+    presumes (``cosine`` for LDAM, whose scale s = 30 presumes logits in [-1, 1],
+    Cao et al.'s code). ``epoch_params``: parameters that are epoch numbers, set by
+    default to the protocol's ``drw_frac`` of the run's length (DRW's switch epoch).
+    """
+
+    group: str
+    paper: str
+    equivalent_to_ce: Callable[..., bool]
+    classifier: str = "linear"
+    epoch_params: tuple[str, ...] = ()
+
+
+LOSSES: Registry[LossSpec] = Registry("loss", LossSpec)
 
 
 def _equal(counts: np.ndarray) -> bool:
@@ -189,8 +211,8 @@ class DeferredReweighting(nn.Module):
 # --------------------------------------------------------------------------- registry
 
 
-def _reg(name: str, equivalent_to_ce: Callable[..., bool], group: str, paper: str, **info: object):
-    return LOSSES.register(name, equivalent_to_ce=equivalent_to_ce, group=group, paper=paper, **info)
+def _reg(name: str, equivalent_to_ce: Callable[..., bool], group: str, paper: str, **spec: object):
+    return LOSSES.register(name, equivalent_to_ce=equivalent_to_ce, group=group, paper=paper, **spec)
 
 
 @_reg("ce", lambda counts, **p: True, "baseline", "softmax cross-entropy")
@@ -203,12 +225,12 @@ def wce(counts: np.ndarray, **_: object) -> nn.Module:
     return SoftmaxCE(inverse_frequency_weights(counts))
 
 
-@_reg("focal", lambda counts, gamma=2.0, **p: gamma == 0, "re-weighting", "Lin et al. 2017")
+@_reg("focal", lambda counts, gamma, **p: gamma == 0, "re-weighting", "Lin et al. 2017")
 def focal(counts: np.ndarray, gamma: float = 2.0, **_: object) -> nn.Module:
     return Focal(gamma)
 
 
-@_reg("cb", lambda counts, beta=0.9999, **p: beta == 0 or _equal(counts), "re-weighting", "Cui et al. 2019")
+@_reg("cb", lambda counts, beta, **p: beta == 0 or _equal(counts), "re-weighting", "Cui et al. 2019")
 def cb(counts: np.ndarray, beta: float = 0.9999, **_: object) -> nn.Module:
     return SoftmaxCE(class_balanced_weights(counts, beta))
 
@@ -218,18 +240,18 @@ def bs(counts: np.ndarray, **_: object) -> nn.Module:
     return LogitAdjusted(counts, tau=1.0)
 
 
-@_reg("la", lambda counts, tau=1.0, **p: tau == 0 or _equal(counts), "logit adjustment", "Menon et al. 2021")
+@_reg("la", lambda counts, tau, **p: tau == 0 or _equal(counts), "logit adjustment", "Menon et al. 2021")
 def la(counts: np.ndarray, tau: float = 1.0, **_: object) -> nn.Module:
     return LogitAdjusted(counts, tau=tau)
 
 
-@_reg("ldam", lambda counts, max_margin=0.5, s=30.0, **p: max_margin == 0 and s == 1, "re-margining",
-      "Cao et al. 2019", normed_classifier=True)
+@_reg("ldam", lambda counts, max_margin, s, **p: max_margin == 0 and s == 1, "re-margining",
+      "Cao et al. 2019", classifier="cosine")
 def ldam(counts: np.ndarray, max_margin: float = 0.5, s: float = 30.0, **_: object) -> nn.Module:
     return LDAM(counts, max_margin, s)
 
 
-def _seql_equiv(counts: np.ndarray, lam: float = 3e-3, gamma: float = 0.9, **_: object) -> bool:
+def _seql_equiv(counts: np.ndarray, lam: float, gamma: float, **_: object) -> bool:
     freq = np.asarray(counts, np.float64) / np.sum(counts)
     return gamma == 0 or bool((freq >= lam).all())
 
@@ -239,13 +261,14 @@ def seql(counts: np.ndarray, lam: float = 3e-3, gamma: float = 0.9, **_: object)
     return SoftmaxEqualization(counts, lam, gamma)
 
 
-@_reg("ce_drw", lambda counts, **p: _equal(counts), "re-weighting", "Cao et al. 2019 (DRW)", needs_epochs=True)
+@_reg("ce_drw", lambda counts, **p: _equal(counts), "re-weighting", "Cao et al. 2019 (DRW)",
+      epoch_params=("drw_epoch",))
 def ce_drw(counts: np.ndarray, drw_epoch: int = 160, beta: float = 0.9999, **_: object) -> nn.Module:
     return DeferredReweighting(SoftmaxCE(), counts, drw_epoch, beta)
 
 
-@_reg("ldam_drw", lambda counts, **p: False, "re-margining", "Cao et al. 2019 (LDAM-DRW)", normed_classifier=True,
-      needs_epochs=True)
+@_reg("ldam_drw", lambda counts, **p: False, "re-margining", "Cao et al. 2019 (LDAM-DRW)", classifier="cosine",
+      epoch_params=("drw_epoch",))
 def ldam_drw(counts: np.ndarray, drw_epoch: int = 160, beta: float = 0.9999, max_margin: float = 0.5,
              s: float = 30.0, **_: object) -> nn.Module:
     return DeferredReweighting(LDAM(counts, max_margin, s), counts, drw_epoch, beta)
@@ -260,8 +283,14 @@ def create_loss(name: str, counts: np.ndarray, **params: object) -> nn.Module:
 
 
 def reduces_to_ce(name: str, counts: np.ndarray, **params: object) -> bool:
-    """What the loss itself says: is it plain CE for these counts and parameters?"""
-    return bool(LOSSES.info(name)["equivalent_to_ce"](np.asarray(counts), **params))
+    """What the loss itself says: is it plain CE for these counts and parameters (defaults filled in)?"""
+    return bool(LOSSES.info(name).equivalent_to_ce(np.asarray(counts), **{**factory_defaults(name), **params}))
+
+
+def factory_defaults(name: str) -> dict[str, object]:
+    """The loss factory's own parameter defaults: the one place they are written."""
+    sig = inspect.signature(LOSSES.get(name))
+    return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
 
 
 def check_ce_equivalence(name: str, counts: np.ndarray, params: dict | None = None, trials: int = 3,

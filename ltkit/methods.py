@@ -15,6 +15,8 @@ grid, same seed) and reads that run's ``final.pt`` checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +26,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import restrict_classes
+from .engine import Context, Fitted, build_model, features_and_logits, make_context
+from .layout import FINAL, sibling_dir
+from .loader import augment, epoch_indices
+from .metrics import balanced_top1
+from .models import get_classifier, set_classifier
 from .registry import Registry
+from .train import train_model
 
-STAGE2 = Registry("stage-two method")
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """``paper``: where the method comes from; ``needs_stage1``: it starts from a trained stage-one
+    run's checkpoint (named by the config's ``stage1``); ``trainings``: the full trainings it costs itself."""
+
+    paper: str
+    needs_stage1: bool = True
+    trainings: int = 0
+
+
+STAGE2: Registry[MethodSpec] = Registry("stage-two method", MethodSpec)
 TAU_GRID = tuple(np.round(np.arange(0.0, 2.01, 0.1), 2))
 
 
 def stage1_dir(ckpt_dir: Path | None, cfg) -> Path:
     if ckpt_dir is None:
         raise RuntimeError(f"{cfg.loss} needs the stage-one checkpoint of {cfg.stage1!r}; run it with a checkpoint dir")
-    return ckpt_dir.parent.parent / cfg.stage1 / ckpt_dir.name
+    return sibling_dir(ckpt_dir, cfg.stage1)
 
 
-def load_stage1(ctx, ckpt_dir: Path | None) -> nn.Module:
-    from .config import make_config
-    from .train import build_model
-
-    path = stage1_dir(ckpt_dir, ctx.cfg) / "final.pt"
+def load_stage1(ctx: Context, ckpt_dir: Path | None) -> nn.Module:
+    path = stage1_dir(ckpt_dir, ctx.cfg) / FINAL
     if not path.exists():
         raise FileNotFoundError(f"{ctx.cfg.loss}: stage-one checkpoint {path} is missing; run {ctx.cfg.stage1!r} first")
     try:  # tensors and plain types only: loading a checkpoint never runs code
@@ -50,7 +67,9 @@ def load_stage1(ctx, ckpt_dir: Path | None) -> nn.Module:
                            f"{str(exc).splitlines()[0][:200]}); re-run {ctx.cfg.stage1!r} (--force)") from None
     if ck.get("model_name") != ctx.cfg.model:
         raise RuntimeError(f"{path}: stage-one model is {ck['model_name']!r}, this run wants {ctx.cfg.model!r}")
-    model = build_model(make_config(ck["config"]), ctx.ds.num_classes)
+    # the stage one's own classifier and model parameters (its config was checked when it trained)
+    s1 = dataclasses.replace(ctx.cfg, classifier=ck["config"]["classifier"], model_params=ck["config"]["model_params"])
+    model = build_model(s1, ctx.ds.num_classes)
     model.load_state_dict(ck["model"])
     return model.to(ctx.device).eval()
 
@@ -67,8 +86,6 @@ def _need_val(ctx) -> None:
 
 
 def _pick_tau(ctx, score) -> tuple[float, pd.DataFrame]:
-    from .metrics import balanced_top1
-
     rows = [{"tau": float(t), "val_balanced_acc": balanced_top1(score(float(t)), ctx.val.labels,
                                                                      ctx.ds.num_classes)} for t in TAU_GRID]
     table = pd.DataFrame(rows)
@@ -86,13 +103,13 @@ def tau_normalise(weight: torch.Tensor, tau: float) -> torch.Tensor:
     return weight / weight.norm(dim=1, keepdim=True).clamp_min(1e-12).pow(tau)
 
 
-def _history(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    h = pd.DataFrame(rows)
-    h.attrs["selected_epoch"] = len(h) - 1
-    return h
+def _fitted(model: nn.Module, rows: list[dict[str, Any]], **extra: Any) -> Fitted:
+    """A stage-two result: the model after its last step (no selection)."""
+    logit_fn = extra.pop("logit_fn", None)
+    return Fitted(model, pd.DataFrame(rows), len(rows) - 1, extra, logit_fn)
 
 
-@STAGE2.register("la_posthoc")
+@STAGE2.register("la_posthoc", paper="Menon et al. 2021, Eq. 8")
 def la_posthoc(ctx, ckpt_dir: Path | None, tau: float | None = None):
     model = load_stage1(ctx, ckpt_dir)
     lp = _log_prior(ctx)
@@ -101,12 +118,10 @@ def la_posthoc(ctx, ckpt_dir: Path | None, tau: float | None = None):
         _need_val(ctx)
         vlog = ctx.predict(model, ctx.val)
         tau, table = _pick_tau(ctx, lambda t: posthoc_adjust(vlog, lp, t))
-    return model, _history([]), {"tau": tau, "tau_search": table, "logit_fn": lambda z: posthoc_adjust(z, lp, tau)}
+    return _fitted(model, [], tau=tau, tau_search=table, logit_fn=lambda z: posthoc_adjust(z, lp, tau))
 
 
 def _linear_weight(model: nn.Module, name: str) -> nn.Module:
-    from .models import get_classifier
-
     clf = get_classifier(model, name)
     if not isinstance(clf, nn.Linear):
         raise RuntimeError(f"{name}: classifier is {type(clf).__name__}; tau-norm/LWS need a plain linear layer "
@@ -114,7 +129,7 @@ def _linear_weight(model: nn.Module, name: str) -> nn.Module:
     return clf
 
 
-@STAGE2.register("tau_norm")
+@STAGE2.register("tau_norm", paper="Kang et al. 2020, Eq. 5")
 def tau_norm(ctx, ckpt_dir: Path | None, tau: float | None = None):
     model = load_stage1(ctx, ckpt_dir)
     clf = _linear_weight(model, ctx.cfg.model)
@@ -122,8 +137,6 @@ def tau_norm(ctx, ckpt_dir: Path | None, tau: float | None = None):
     feats_val = None
     table = None
     if tau is None:
-        from .train import features_and_logits
-
         _need_val(ctx)
         feats_val, _ = features_and_logits(ctx, model, ctx.val)
         tau, table = _pick_tau(ctx, lambda t: feats_val @ tau_normalise(w0, t).T)
@@ -131,7 +144,7 @@ def tau_norm(ctx, ckpt_dir: Path | None, tau: float | None = None):
         clf.weight.copy_(tau_normalise(w0, tau))
         if b0 is not None:
             clf.bias.zero_()  # Kang et al. drop the bias with tau-normalisation
-    return model, _history([]), {"tau": tau, "tau_search": table}
+    return _fitted(model, [], tau=tau, tau_search=table)
 
 
 def _feature_source(ctx, model: nn.Module, augment_images: bool | None):
@@ -142,10 +155,6 @@ def _feature_source(ctx, model: nn.Module, augment_images: bool | None):
     cao2019 protocol. ``False`` caches the un-augmented features once (one backbone pass in all,
     much cheaper on the 224-px backbones): the default elsewhere. Returns (function, description).
     """
-    from .loader import augment
-    from .models import get_classifier
-    from .train import features_and_logits
-
     if augment_images is None:
         augment_images = ctx.cfg.protocol == "cao2019"
     if not augment_images:
@@ -174,10 +183,8 @@ def _feature_source(ctx, model: nn.Module, augment_images: bool | None):
     return fn, "augmented images through the frozen backbone (Kang et al. 2020)"
 
 
-def _train_head(ctx, features, head: nn.Module, params, epochs: int, lr: float) -> pd.DataFrame:
+def _train_head(ctx, features, head: nn.Module, params, epochs: int, lr: float) -> list[dict[str, Any]]:
     """SGD on the classifier alone, class-balanced sampling, cosine schedule (Kang et al. 2020, section 4)."""
-    from .loader import epoch_indices
-
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     labels = ctx.train.labels
@@ -197,21 +204,19 @@ def _train_head(ctx, features, head: nn.Module, params, epochs: int, lr: float) 
         rows.append({"epoch": epoch, "lr": sched.get_last_lr()[0], "train_loss": total / len(order)})
     if hasattr(features, "remove_hook"):
         features.remove_hook()
-    return _history(rows)
+    return rows
 
 
-@STAGE2.register("crt")
+@STAGE2.register("crt", paper="Kang et al. 2020 (cRT)")
 def crt(ctx, ckpt_dir: Path | None, lr: float = 0.1, augment: bool | None = None):
     """Classifier re-training: a fresh classifier on the frozen stage-one backbone, class-balanced sampling."""
-    from .models import get_classifier, set_classifier
-
     model = load_stage1(ctx, ckpt_dir)
     features, how = _feature_source(ctx, model, augment)
     old = get_classifier(model, ctx.cfg.model)
     new = type(old)(old.in_features, old.out_features).to(ctx.device)  # Linear or NormedLinear, fresh
-    hist = _train_head(ctx, features, new, new.parameters(), ctx.cfg.stage2_epochs, lr)
+    rows = _train_head(ctx, features, new, new.parameters(), ctx.cfg.stage2_epochs, lr)
     set_classifier(model, ctx.cfg.model, new)
-    return model.eval(), hist, {"features": how}
+    return _fitted(model.eval(), rows, features=how)
 
 
 class _Scaled(nn.Module):
@@ -225,11 +230,9 @@ class _Scaled(nn.Module):
         return self.clf(x) * self.scale
 
 
-@STAGE2.register("lws")
+@STAGE2.register("lws", paper="Kang et al. 2020 (LWS)")
 def lws(ctx, ckpt_dir: Path | None, lr: float = 0.1, augment: bool | None = None):
     """Learnable weight scaling: one scale f_j per class on the frozen classifier."""
-    from .models import get_classifier, set_classifier
-
     model = load_stage1(ctx, ckpt_dir)
     features, how = _feature_source(ctx, model, augment)
     clf = get_classifier(model, ctx.cfg.model)
@@ -237,9 +240,9 @@ def lws(ctx, ckpt_dir: Path | None, lr: float = 0.1, augment: bool | None = None
         p.requires_grad_(False)
     scale = nn.Parameter(torch.ones(ctx.ds.num_classes, device=ctx.device))
     head = _Scaled(clf, scale)  # trained on the backbone's features, then put in the model as its classifier
-    hist = _train_head(ctx, features, head, [scale], ctx.cfg.stage2_epochs, lr)
+    rows = _train_head(ctx, features, head, [scale], ctx.cfg.stage2_epochs, lr)
     set_classifier(model, ctx.cfg.model, head)
-    return model.eval(), hist, {"scales": scale.detach().cpu().numpy().round(4).tolist(), "features": how}
+    return _fitted(model.eval(), rows, scales=scale.detach().cpu().numpy().round(4).tolist(), features=how)
 
 
 # --------------------------------------------------------------------------- two experts
@@ -280,32 +283,27 @@ class TwoExpert(nn.Module):
         return out
 
 
-@STAGE2.register("two_expert", needs_stage1=False)
+@STAGE2.register("two_expert", paper="head / tail experts (sibling report)", needs_stage1=False, trainings=2)
 def two_expert(ctx, ckpt_dir: Path | None, head_fraction: float = 0.5):
     """Train a head expert and a tail expert (softmax CE each, same recipe as a stage-one run) and
     combine them. Within each half the imbalance factor is roughly the square root of the whole's,
     which is the idea; the price is two trainings, recorded in the run's metrics."""
-    from .config import make_config
-    from .data import restrict_classes
-    from .train import build_model, make_context, train_model
-
     cfg = ctx.cfg
     halves = frequency_halves(ctx.ds.train_counts, head_fraction)
-    experts, histories = [], []
+    experts, histories, selected = [], [], []
     for name, keep in zip(("head", "tail"), halves, strict=True):
-        expert_cfg = make_config({**cfg.to_dict(), "loss": "ce", "label": f"{cfg.name}_{name}", "loss_params": {},
-                                  "stage1": None})
+        # softmax CE with the run's recipe (classifier, schedule and sampler as configured)
+        expert_cfg = dataclasses.replace(cfg, loss="ce", label=f"{cfg.name}_{name}", loss_params={}, stage1=None)
         sub = restrict_classes(ctx.ds, keep)
         sub_ctx = make_context(expert_cfg, sub, ctx.device)
         model = build_model(expert_cfg, sub.num_classes).to(ctx.device)
-        hist = train_model(sub_ctx, model, None if ckpt_dir is None else ckpt_dir / name, progress=True)
+        fit = train_model(sub_ctx, model, None if ckpt_dir is None else ckpt_dir / name, progress=True)
         experts.append(model.eval())
+        selected.append(fit.selected_epoch)
         # an expert's validation / test accuracy is over its own classes only: keep it, under a name
         # that the run-level metrics (selected validation, best epoch on test) do not read
-        hist = hist.rename(columns={c: f"expert_{c}" for c in ("val_top1", "val_balanced_acc", "test_top1")})
+        hist = fit.history.rename(columns={c: f"expert_{c}" for c in ("val_top1", "val_balanced_acc", "test_top1")})
         histories.append(hist.assign(expert=name))
     history = pd.concat(histories, ignore_index=True)
-    history.attrs["selected_epoch"] = len(history) - 1
     combined = TwoExpert(experts, list(halves), ctx.ds.num_classes).to(ctx.device).eval()
-    return combined, history, {"trainings": 2, "head_classes": halves[0].tolist(),
-                               "selected_epochs": [int(h.attrs.get("selected_epoch", -1)) for h in histories]}
+    return Fitted(combined, history, len(history) - 1, {"head_classes": halves[0].tolist(), "selected_epochs": selected})

@@ -12,6 +12,7 @@ the decoupled methods (cRT, tau-norm, LWS) need.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +21,19 @@ from torch import nn
 
 from .registry import Registry
 
-MODELS = Registry("model")
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """``classifier``: the dotted path of the final linear layer (swapped for the cosine head,
+    re-trained by cRT); ``family``: ``thesis`` (224-px ImageNet backbones) or ``cifar`` (32-px,
+    from scratch); ``weights``: the pinned pretrained tag, recorded in every run's provenance."""
+
+    classifier: str
+    family: str
+    weights: str | None = None
+
+
+MODELS: Registry[ModelSpec] = Registry("model", ModelSpec)
 
 
 class PretrainedUnavailable(RuntimeError):
@@ -51,7 +64,7 @@ def weights_problem(name: str) -> str | None:
     Checked once per backbone before a grid starts, in a second or so, instead of each run failing
     after its notebook, kernel and data have started (minutes for a whole grid offline).
     """
-    tag = MODELS.info(name).get("weights")
+    tag = MODELS.info(name).weights
     if not tag:
         return None
     source, spec = tag.split(" ", 1)
@@ -107,12 +120,12 @@ def _locate(model: nn.Module, path: str) -> tuple[nn.Module, str]:
 
 
 def get_classifier(model: nn.Module, name: str) -> nn.Module:
-    parent, attr = _locate(model, MODELS.info(name)["classifier"])
+    parent, attr = _locate(model, MODELS.info(name).classifier)
     return parent[int(attr)] if attr.isdigit() else getattr(parent, attr)
 
 
 def set_classifier(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, attr = _locate(model, MODELS.info(name)["classifier"])
+    parent, attr = _locate(model, MODELS.info(name).classifier)
     if attr.isdigit():
         parent[int(attr)] = module
     else:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, make_config
+from .pipeline import run
 from .results import now, record_failure, write_run
 
 
@@ -38,8 +39,6 @@ class Clock:
 def train_and_record(cfg: RunConfig, output_dir: str | Path | None, checkpoint_dir: str | Path | None, clock: Clock,
                      ds=None, progress: bool = True):
     """Run and write the results folder; on failure, record it in provenance and re-raise."""
-    from .train import run
-
     try:
         result = run(cfg, ckpt_dir=checkpoint_dir, progress=progress, ds=ds)
     except Exception as exc:

@@ -14,15 +14,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .io import read_json
+from .io import read_json, stat_digest
+from .layout import REPO, default_results_root, parse_run_dir, root_of
+from .metrics import relative_accuracy
 from .results import load_metrics
-from .stats import paired_difference, t_interval
+from .stats import adjust_pvalues, bootstrap_difference, paired_difference, t_interval
 
 THESIS_LOSS_ORDER = ["ce", "focal", "wce", "cb", "bs", "seql", "ldam"]
 CATEGORIES = {"balanced.top1": "Balanced", "lt.top1": "Long-tailed", "lt.head": "Head", "lt.middle": "Middle",
               "lt.tail": "Tail"}
 SHOT = {"balanced.top1": "All", "balanced.many": "Many", "balanced.medium": "Medium", "balanced.few": "Few"}
-REPO = Path(__file__).resolve().parent.parent
 
 
 # --------------------------------------------------------------------------- collecting runs
@@ -38,18 +39,17 @@ def _run_dirs(root: Path):
 def resolve_alias(run_dir: str | Path) -> Path:
     """The folder that holds a run's files: itself, or for a CE alias the CE run it points to.
 
-    ``alias.json`` stores the target relative to the results root, which is five
-    levels above a run folder (``<protocol>/<data>/<model>/<method>/seed<k>``).
+    ``alias.json`` stores the target relative to the results root (:func:`ltkit.layout.root_of`).
     """
     p = Path(run_dir)
     if (p / "alias.json").exists() and not (p / "metrics.json").exists():
-        return p.parents[4] / read_json(p / "alias.json")["alias_of"]
+        return root_of(p) / read_json(p / "alias.json")["alias_of"]
     return p
 
 
 def results_root(sub: str = "") -> Path:
     """``results/`` (or ``$LTKIT_RESULTS``, e.g. a scratch folder the tests fill) joined with ``sub``."""
-    return Path(os.environ.get("LTKIT_RESULTS") or REPO / "results") / sub
+    return default_results_root() / sub
 
 
 def collect(root: str | Path) -> pd.DataFrame:
@@ -62,9 +62,8 @@ def collect(root: str | Path) -> pd.DataFrame:
     if not root.exists():
         return pd.DataFrame()
     for d in _run_dirs(root):
-        protocol, data_tag, model, method, seed = d.parts[-5:]  # root may be results/ or results/<protocol>
-        row: dict[str, Any] = {"protocol": protocol, "data": data_tag, "model": model, "method": method,
-                               "seed": int(seed.removeprefix("seed")), "path": str(d), "identical_to_ce": False}
+        # root may be results/ or results/<protocol>: the identity is read from the run folder's own path
+        row: dict[str, Any] = {**parse_run_dir(d), "path": str(d), "identical_to_ce": False}
         src = resolve_alias(d)
         metrics = load_metrics(src)
         if src != d:
@@ -217,7 +216,6 @@ def relative_accuracy_table(df: pd.DataFrame, metrics: dict[str, str] | None = N
     1.0 means the imbalance cost nothing; the tail column shows where it costs most.
     Needs both ``<dataset>_balanced`` and a long-tailed data tag of the same dataset.
     """
-    from .metrics import relative_accuracy
 
     metrics = metrics or CATEGORIES
     keys = [k for k in metrics if k in df]
@@ -261,7 +259,6 @@ def compare_to_baseline(df: pd.DataFrame, key: str, by: list[str], baseline: str
     p-values over all its rows, and ``significant`` means ``p_adj`` < 0.05 (the
     intervals themselves are per comparison, unadjusted).
     """
-    from .stats import adjust_pvalues, bootstrap_difference
 
     rows = []
     for grp, g in df.groupby(by):
@@ -478,7 +475,6 @@ def refresh_book_cache(build_dir: str | Path | None = None, roots: list[str | Pa
     """
     import shutil
 
-    from .io import stat_digest
 
     build = Path(build_dir or REPO / "book" / "_build")
     roots = [Path(r) for r in (roots or [results_root(), REPO / "benchmarks" / "results"])]

@@ -31,14 +31,37 @@ import re
 import socket
 import subprocess
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import __version__
+from .envlock import lock_status
 from .io import atomic_write_bytes, atomic_write_csv, atomic_write_json, read_json
+from .layout import REPO, root_of
 
 REQUIRED_METRICS = {"balanced.top1": float, "selected_epoch": int, "epochs": int}
+
+
+class Status(StrEnum):
+    """What a run is, as ``ltkit grid status`` shows it (strings, so they print and serialise as such).
+
+    Read from the results folder (:func:`run_status`): DONE, STALE, ALIAS, ALIAS_PENDING,
+    FAILED, MISSING; the grid adds from the checkpoint folder: RUNNING (a lock is held)
+    and PARTIAL (a checkpoint to resume from).
+    """
+
+    DONE = "done"
+    STALE = "stale"  # finished, but with another configuration than the grid's
+    ALIAS = "alias"  # identical to a finished CE run by construction
+    ALIAS_PENDING = "alias-pending"  # an alias whose CE run is not (or not validly) done
+    FAILED = "failed"
+    MISSING = "missing"
+    RUNNING = "running"
+    PARTIAL = "partial"
+
 
 
 class InvalidMetrics(ValueError):
@@ -114,11 +137,9 @@ def packages_digest() -> dict[str, Any]:
 def environment() -> dict[str, Any]:
     import torch
 
-    from . import __version__
-    from .envlock import lock_status
 
     cuda = torch.cuda.is_available()
-    commit = git_commit(Path(__file__).resolve().parent.parent)
+    commit = git_commit(REPO)
     return {**packages_digest(), **lock_status(),
         "ltkit_version": __version__, "git": commit, "python": sys.version.split()[0], "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda else None, "device_name": torch.cuda.get_device_name(0) if cuda else
@@ -177,7 +198,7 @@ def _fingerprint_of(path: Path) -> str | None:
         return None
 
 
-def run_status(run_dir: str | Path, fingerprint: str | None = None) -> str:
+def run_status(run_dir: str | Path, fingerprint: str | None = None) -> Status:
     """done / stale / alias / failed / missing (locks and checkpoints are checked by the grid).
 
     *done* needs a valid ``metrics.json`` and ``complete.json``; with ``fingerprint`` given, a
@@ -187,25 +208,25 @@ def run_status(run_dir: str | Path, fingerprint: str | None = None) -> str:
     run_dir = Path(run_dir)
     if (run_dir / "complete.json").exists() and load_metrics(run_dir) is not None:
         done_fp = _fingerprint_of(run_dir / "complete.json")
-        return "stale" if fingerprint is not None and done_fp != fingerprint else "done"
+        return Status.STALE if fingerprint is not None and done_fp != fingerprint else Status.DONE
     alias = run_dir / "alias.json"
     if alias.exists():
         try:
             a = read_json(alias)
         except (OSError, json.JSONDecodeError):
-            return "missing"
+            return Status.MISSING
         if fingerprint is not None and a.get("fingerprint") != fingerprint:
-            return "stale"
-        target = run_dir.parents[4] / a.get("alias_of", "")
-        return "alias" if run_status(target, a.get("target_fingerprint")) == "done" else "alias-pending"
+            return Status.STALE
+        target = root_of(run_dir) / a.get("alias_of", "")
+        return Status.ALIAS if run_status(target, a.get("target_fingerprint")) == Status.DONE else Status.ALIAS_PENDING
     prov = run_dir / "provenance.json"
     if prov.exists():
         try:
             if read_json(prov).get("status") == "failed":
-                return "failed"
+                return Status.FAILED
         except (json.JSONDecodeError, OSError):
             pass
-    return "missing"
+    return Status.MISSING
 
 
 def read_notebook(nb_path: str | Path):

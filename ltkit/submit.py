@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig
-from .grid import Grid, execute_run, pending_runs, phases
+from .grid import Grid, Outcome, execute_run, pending_runs, phases
 from .io import atomic_write_json
 
 SLURM_KEYS = {"partition": "slurm_partition", "gpus_per_node": "gpus_per_node", "timeout_min": "timeout_min",
@@ -82,8 +82,7 @@ def jobs_file(grid: Grid) -> Path:
 
 def job_runs(grid: Grid, cfg: RunConfig) -> list[dict]:
     """The resolved configurations a job needs: its run, and the stage one it starts from."""
-    s1 = cfg.run_path().replace(f"/{cfg.name}/", f"/{cfg.stage1}/") if cfg.stage1 else None
-    return [r.to_dict() for r in grid.runs if r.run_path() in (cfg.run_path(), s1)]
+    return [r.to_dict() for r in grid.runs if r.run_path() in (cfg.run_path(), cfg.stage1_path())]
 
 
 EXECUTORS = {"slurm": "slurm", "submitit-local": "local", "debug": "debug"}
@@ -139,7 +138,7 @@ def submit_grid(grid: Grid, executor: str = "slurm", force: bool = False, dedupe
         if blocking:
             for cfg, job in pending:
                 results[cfg.run_path()] = job.result()
-    failed = [k for k, v in results.items() if v == "failed"]
+    failed = [k for k, v in results.items() if v == Outcome.FAILED]
     return {"submitted": len(todo), "aliased": len(summary["aliased"]), "failed": failed, "results": results,
             "jobs": jobs}
 

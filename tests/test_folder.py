@@ -80,7 +80,7 @@ def test_images_are_decoded_once_then_cached(tmp_path, monkeypatch):
 
 def test_a_run_on_folder_data_end_to_end(tmp_path):
     from ltkit.config import make_config
-    from ltkit.train import run
+    from ltkit.pipeline import run
 
     root = make_folder(tmp_path / "moths")
     cfg = make_config(dict(protocol="natural", dataset="folder", data_root=str(root), model="tiny_cnn", loss="bs",

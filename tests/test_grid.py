@@ -290,7 +290,7 @@ def test_two_grid_commands_on_one_results_folder_train_each_run_once(tmp_path):
 
 def test_status_shows_the_epoch_a_partial_run_reached(tmp_path, capsys):
     from ltkit.cli import main
-    from ltkit.train import run
+    from ltkit.pipeline import run
 
     s = spec(tmp_path, methods=["ce", "bs"])
     s["base"]["epochs"] = 2
@@ -304,3 +304,25 @@ def test_status_shows_the_epoch_a_partial_run_reached(tmp_path, capsys):
         assert f"missing   {g.runs[1].run_path()}\n" in out and "1 missing, 1 partial" in out
     finally:
         shutil.rmtree(g.ckpt_root, ignore_errors=True)
+
+
+def test_a_grid_extends_another_and_changes_only_what_it_names(tmp_path):
+    """The cao2019 variants are the IF 100 grid with the data changed: same methods, seeds and recipe."""
+    from ltkit.config import ConfigError
+    from ltkit.grid import load_grid
+
+    full = load_grid("configs/cao2019-cifar100-if100.yaml")
+    for path, dataset, imb in (("configs/cao2019-cifar100-if50.yaml", "cifar100", 50),
+                               ("configs/cao2019-cifar10-if100.yaml", "cifar10", 100)):
+        var = load_grid(path)
+        assert var.name == Path(path).stem and len(var.runs) == len(full.runs)
+        for a, b in zip(full.runs, var.runs, strict=True):
+            assert (b.dataset, b.imb_factor) == (dataset, imb)
+            assert {**a.to_dict(), "dataset": dataset, "imb_factor": imb} == b.to_dict()
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="goes round in a circle"):
+        load_grid(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml does not exist"):
+        load_grid(tmp_path / "c.yaml")

@@ -51,7 +51,8 @@ class _Payload:
 
 
 def test_checkpoint_with_a_pickle_payload_never_runs(tiny_cfg, tmp_path):
-    from ltkit.train import CheckpointMismatch, run
+    from ltkit.pipeline import run
+    from ltkit.train import CheckpointMismatch
 
     ckpt = tmp_path / "ck"
     ckpt.mkdir()
@@ -87,7 +88,7 @@ def test_symlinked_lock_is_never_followed(tmp_path):
         assert plan(g)[0][1] == "missing"  # status probe: reads nothing through the link, writes nothing
         from ltkit.grid import execute_run
 
-        assert execute_run(g, g.runs[0], log=lambda m: None) == "skipped"
+        assert execute_run(g, g.runs[0]) == "busy"
         assert victim.read_text() == "precious"
     finally:
         import shutil
@@ -338,7 +339,7 @@ def test_disk_error_fails_the_run_not_the_grid(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(grid_mod, "atomic_write_text", full_disk)
-    summary = grid_mod.run_grid(g, stagger=0, log=lambda m: None)
+    summary = grid_mod.run_grid(g, stagger=0)
     assert len(summary["failed"]) == 2
     prov = json.loads((g.run_dir(g.runs[0]) / "provenance.json").read_text())
     assert prov["status"] == "failed" and "No space left" in prov["error"]
@@ -410,7 +411,7 @@ def test_offline_grid_stops_before_any_run_with_one_message(tmp_path, monkeypatc
     g = load_grid(REPO / "configs" / "thesis.yaml", {"data_root": str(tmp_path / "nodata")}, tmp_path / "res")
     t0 = time.time()
     with pytest.raises(ConfigError) as err:
-        run_grid(g, log=lambda m: None)
+        run_grid(g)
     msg = str(err.value)
     assert time.time() - t0 < 60 and "\n" not in msg
     for needle in ("cannot start the grid", "LTKIT_DATA", "TORCH_HOME", "HF_HOME", "resnet50", "mobilenet_v2",
@@ -431,7 +432,7 @@ def test_tensorboard_scalars_for_a_demo_run(tmp_path):
     """The option on: event files appear beside the run's checkpoint and read back as the history."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from ltkit.train import run
+    from ltkit.pipeline import run
 
     cfg = {"protocol": "cao2019", "dataset": "synthetic", "model": "tiny_cnn", "imb_factor": 10, "epochs": 3,
            "source_params": SYN, "bootstrap": 20, "tensorboard": True, "seed": 0}

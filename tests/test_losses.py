@@ -140,7 +140,7 @@ def test_two_expert_combines_standardised_logits():
 
 
 def test_two_expert_run_trains_two_resumable_experts(tmp_path):
-    from ltkit.train import run
+    from ltkit.pipeline import run
 
     cfg = dict(protocol="cao2019", dataset="synthetic", model="tiny_cnn", loss="two_expert", epochs=2, bootstrap=20,
                imb_factor=20, source_params={"num_classes": 6, "train_per_class": 60, "test_per_class": 10})

@@ -10,7 +10,7 @@ from ltkit.stats import bootstrap_accuracy_ci, paired_difference, t_interval
 @pytest.mark.parametrize("name", ["resnet32", "tiny_cnn", "mobilenet_v2"])
 def test_models_output_num_classes(name):
     m = create_model(name, 7).eval()
-    size = 32 if MODELS.info(name)["family"] == "cifar" else 64
+    size = 32 if MODELS.info(name).family == "cifar" else 64
     assert m(torch.zeros(2, 3, size, size)).shape == (2, 7)
     assert get_classifier(m, name).out_features == 7
 

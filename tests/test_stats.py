@@ -11,7 +11,7 @@ expected accuracy of the group, sum_c n_c p_c / n.
 import numpy as np
 import pytest
 
-from ltkit.data import lt_counts, thirds
+from ltkit.splits import lt_counts, thirds
 from ltkit.stats import accuracy_ci, adjust_pvalues, bootstrap_difference, paired_difference, strata, t_interval
 
 K = 100

@@ -11,7 +11,8 @@ import torch
 from ltkit.config import ConfigError, make_config
 from ltkit.loader import augment, epoch_indices
 from ltkit.methods import posthoc_adjust, tau_normalise
-from ltkit.train import CheckpointMismatch, NonFiniteLoss, run
+from ltkit.pipeline import run
+from ltkit.train import CheckpointMismatch, NonFiniteLoss
 
 
 def same(a: dict, b: dict) -> bool:
@@ -71,11 +72,11 @@ def test_nan_loss_stops_with_epoch_and_step(tiny_cfg):
 
 def test_selection_never_reads_test_labels(tiny_cfg, monkeypatch):
     """Poison the test labels: the selected epoch (thesis protocol: best validation) must not move."""
-    import ltkit.train as T
+    import ltkit.pipeline as P
 
     cfg = {**tiny_cfg, "protocol": "thesis", "epochs": 3, "image_size": 32, "pretrained": False}
     clean = run(cfg, progress=False)
-    real = T.load_data
+    real = P.load_data
 
     def poisoned(c):
         ds = real(c)
@@ -83,7 +84,7 @@ def test_selection_never_reads_test_labels(tiny_cfg, monkeypatch):
             s.labels = torch.flip(s.labels, [0])
         return ds
 
-    monkeypatch.setattr(T, "load_data", poisoned)
+    monkeypatch.setattr(P, "load_data", poisoned)
     dirty = run(cfg, progress=False)
     assert dirty.metrics["selected_epoch"] == clean.metrics["selected_epoch"]
     assert dirty.history["val_top1"].equals(clean.history["val_top1"])
@@ -176,7 +177,7 @@ def test_crt_keeps_the_backbone_and_retrains_only_the_classifier(tiny_cfg, tmp_p
     s1, s2 = stage1.state_dict(), r.model.state_dict()
     from ltkit.models import MODELS
 
-    prefix = MODELS.info("tiny_cnn")["classifier"] + "."
+    prefix = MODELS.info("tiny_cnn").classifier + "."
     backbone = [k for k in s1 if not k.startswith(prefix)]
     assert backbone and all(torch.equal(s1[k], s2[k]) for k in backbone)
     assert not torch.equal(clf1.weight, clf2.weight)
@@ -213,8 +214,8 @@ def test_recipe_normalisation_is_the_default_and_recorded(tiny_cfg):
 
 
 def test_ldam_uses_the_cosine_classifier_on_every_backbone():
+    from ltkit.engine import build_model
     from ltkit.models import NormedLinear, get_classifier
-    from ltkit.train import build_model
 
     for protocol, model in (("thesis", "resnet50"), ("cao2019", "resnet32")):
         cfg = make_config({"protocol": protocol, "model": model, "loss": "ldam", "pretrained": False})
@@ -231,7 +232,7 @@ def test_pretrained_weights_are_pinned_tags():
     from ltkit.models import MODELS
 
     for name in ("resnet50", "mobilenet_v2", "convnext_base", "vit_b_16"):
-        tag = MODELS.info(name)["weights"]
+        tag = MODELS.info(name).weights
         assert tag and "DEFAULT" not in tag and ("IMAGENET1K" in tag or "augreg" in tag)
 
 
