@@ -56,8 +56,9 @@ def fake_dataset(n: int, k: int, seed: int = 0) -> LTDataset:
                      np.bincount(labels.numpy(), minlength=k), (0.5,) * 3, (0.25,) * 3)
 
 
-def ceiling(cfg, device, steps: int, warmup: int) -> float:
-    """(a) images/s of a training step on random float batches already on the device."""
+def _sgd_step(cfg, device):
+    """(step(x, y), channels_last?): one training step of ltkit's loop set-up (model, optimiser,
+    compiled forward, bf16 autocast on CUDA, CE), on whatever batches the caller brings."""
     model = build_model(cfg, 100).to(device)
     cl = device.type == "cuda"
     if cl:
@@ -65,13 +66,9 @@ def ceiling(cfg, device, steps: int, warmup: int) -> float:
     opt = make_optimizer(cfg, model.parameters(), device)
     fwd = maybe_compile(model, cfg, device)
     loss_fn = create_loss("ce", np.full(100, 10)).to(device)
-    x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
-    if cl:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 100, (cfg.batch_size,), device=device)
     model.train()
 
-    def step():
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cl):
             out = fwd(x)
         loss = loss_fn(out, y)
@@ -79,12 +76,22 @@ def ceiling(cfg, device, steps: int, warmup: int) -> float:
         loss.backward()
         opt.step()
 
+    return step, cl
+
+
+def ceiling(cfg, device, steps: int, warmup: int) -> float:
+    """(a) images/s of a training step on random float batches already on the device."""
+    step, cl = _sgd_step(cfg, device)
+    x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=device)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 100, (cfg.batch_size,), device=device)
     for _ in range(warmup):
-        step()
+        step(x, y)
     sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        step()
+        step(x, y)
     sync(device)
     return steps * cfg.batch_size / (time.perf_counter() - t0)
 
@@ -119,14 +126,7 @@ def dataloader_pil(cfg, device, steps: int, warmup: int, workers: int) -> float:
     dl = torch.utils.data.DataLoader(DS(cfg.batch_size * (steps + warmup + 2)), batch_size=cfg.batch_size,
                                      shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
                                      drop_last=True, persistent_workers=False)
-    model = build_model(cfg, 100).to(device)
-    cl = device.type == "cuda"
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(cfg, model.parameters(), device)
-    fwd = maybe_compile(model, cfg, device)
-    loss_fn = create_loss("ce", np.full(100, 10)).to(device)
-    model.train()
+    step, cl = _sgd_step(cfg, device)
     t0, seen = None, 0
     for i, (x, y) in enumerate(dl):
         if i == warmup:
@@ -135,12 +135,7 @@ def dataloader_pil(cfg, device, steps: int, warmup: int, workers: int) -> float:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if cl:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cl):
-            out = fwd(x)
-        loss = loss_fn(out, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        step(x, y)
         seen += len(y)
         if i + 1 >= warmup + steps:
             break
@@ -167,10 +162,10 @@ def packed_small_runs(device, procs: int, epochs: int, tiny: bool) -> dict:
             "per_run_epoch_s_with_eval": float(np.mean([o["epoch_s"] for o in outs]))}
 
 
-def _one_small(epochs: int, tiny: bool) -> dict:
+def _one_small(epochs: int, tiny: bool, compile: str = "auto") -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = make_config(protocol="cao2019", dataset="synthetic", model="resnet32" if not tiny else "tiny_cnn",
-                      loss="ce", epochs=epochs, track_test=True)
+                      loss="ce", epochs=epochs, track_test=True, compile=compile)
     ds = fake_dataset(CAO_TRAIN if not tiny else 512, 100)
     ctx = make_context(cfg, ds, device)
     model = build_model(cfg, 100).to(device)
@@ -178,6 +173,42 @@ def _one_small(epochs: int, tiny: bool) -> dict:
     last = hist.iloc[1:] if len(hist) > 1 else hist
     return {"steady_img_s": float(last["images"].sum() / last["train_seconds"].sum()),
             "epoch_s": float(last["seconds"].mean())}
+
+
+# A pack mixes what a grid mixes: losses (LDAM with its cosine head among them) and samplers.
+PACK_MIX = [dict(loss="ce"), dict(loss="ldam_drw"), dict(loss="bs"), dict(loss="focal"),
+            dict(loss="ce", sampler="sqrt"), dict(loss="cb"), dict(loss="seql"), dict(loss="la")]
+
+
+def packed_model(device, n: int, epochs: int, tiny: bool, backend: str = "auto") -> dict:
+    """Aggregate training images/s of ``n`` resnet32 runs trained as one packed model (ltkit.packed), one process."""
+    import dataclasses
+
+    from ltkit.packed import train_pack
+
+    cfgs = [make_config(protocol="cao2019", dataset="synthetic", model="resnet32" if not tiny else "tiny_cnn",
+                        epochs=epochs, track_test=False, seed=i, **PACK_MIX[i % len(PACK_MIX)]) for i in range(n)]
+    ds = fake_dataset(CAO_TRAIN if not tiny else 256, 100)
+    ctx0 = make_context(cfgs[0], ds, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    fits = train_pack([dataclasses.replace(ctx0, cfg=c) for c in cfgs], [None] * n, progress=False, backend=backend)
+    wall = time.perf_counter() - t0
+    h = fits[0].history
+    last = h.iloc[1:] if len(h) > 1 else h  # the first epoch includes warm-up
+    per_run_seconds = float(last["train_seconds"].sum())  # the pack's training time shared out per run
+    return {"runs": n, "backend": backend, "aggregate_steady_img_s": float(last["images"].sum()) / per_run_seconds,
+            "epoch_s_with_eval": float(last["seconds"].mean()) * n, "wall_s": wall,
+            "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
+
+
+def cao2019_trainings(path: str = "configs/cao2019-cifar100-if100.yaml") -> int:
+    """Full trainings the IF 100 grid costs (3 seeds, every method; stage-two procedures reuse stage one)."""
+    from ltkit.grid import load_grid
+    from ltkit.procedures import PROCEDURES
+
+    return sum(PROCEDURES.info(r.procedure).trainings for r in load_grid(REPO / path).runs)
 
 
 def main() -> None:
@@ -189,6 +220,7 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=8, help="concurrent resnet32 runs for the packing figure")
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-pack", action="store_true", help="skip the packed resnet32 measurement")
+    ap.add_argument("--pack-sizes", type=int, nargs="*", default=None, help="packed-model sizes (default 1 4 8 16 32)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     tiny = args.tiny
@@ -239,6 +271,29 @@ def main() -> None:
     print(f"resnet32: single {single['aggregate_steady_img_s']:.0f} img/s; {packed['processes']} packed "
           f"{packed['aggregate_steady_img_s']:.0f} img/s aggregate -> cao2019 grid "
           f"{report['resnet32']['cao2019_grid_minutes_packed']:.1f} min (training only)", flush=True)
+    # One packed model (ltkit.packed) of N runs, against N processes and one run with CUDA graphs, same device.
+    sizes = args.pack_sizes or ([1, 2] if tiny else [1, 4, 8, 16, 32])
+    rows = {}
+    for n in sizes:
+        rows[n] = packed_model(device, n, epochs, tiny)
+        print(f"resnet32 packed model, {n:2d} runs: {rows[n]['aggregate_steady_img_s']:9.0f} img/s aggregate  "
+              f"peak {rows[n]['peak_gpu_mem_gib']} GiB", flush=True)
+    graphs = _one_small(epochs, tiny, "reduce-overhead") if device.type == "cuda" else None
+    best = max(rows.values(), key=lambda r: r["aggregate_steady_img_s"])
+    trainings = cao2019_trainings()
+    # projected GPU time of the IF 100 grid: every training at the best pack's aggregate rate, plus evaluation
+    # (about a tenth of a training epoch's images per epoch, at ~3x the training rate: forward only)
+    train_min = trainings * 200 * CAO_TRAIN / best["aggregate_steady_img_s"] / 60
+    eval_min = trainings * 200 * CAO_EVAL / (3 * best["aggregate_steady_img_s"]) / 60 * 0.3  # test tracked ~30% of epochs
+    report["packed_model"] = {
+        "sizes": {str(n): r for n, r in rows.items()},
+        "single_cuda_graphs_img_s": graphs["steady_img_s"] if graphs else None,
+        "separate_processes_img_s": packed["aggregate_steady_img_s"], "separate_processes": packed["processes"],
+        "best_over_single": best["aggregate_steady_img_s"] / rows[sizes[0]]["aggregate_steady_img_s"],
+        "cao2019_if100_trainings": trainings,
+        "cao2019_if100_grid_minutes_projected": train_min + eval_min,
+    }
+    print(f"cao2019 IF 100 grid ({trainings} trainings): {train_min + eval_min:.1f} min projected packed", flush=True)
     _write(report, args, tiny)
 
 

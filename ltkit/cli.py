@@ -99,9 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field for every run, e.g. --set epochs=1")
     g.add_argument("--slurm-log-dir", default=None)
+    g.add_argument("--pack", default=None, metavar="auto|off|N",
+                   help="train compatible small runs as one packed model (default: the grid's 'pack', auto)")
     g.add_argument("--tensorboard", action="store_true",
                    help="write per-epoch TensorBoard scalars beside each run's checkpoint (tensorboard --logdir checkpoints)")
-    g.add_argument("--only", default=None, help="comma-separated method labels to keep")
+    g.add_argument("--only", default=None, help="comma-separated method names to keep")
     g.add_argument("--seeds", default=None, help="comma-separated seeds to keep")
     d = sub.add_parser("data", help="data utilities")
     d.add_argument("action", choices=["pack", "inspect", "subsets"],
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from .config import ConfigError
-    from .grid import load_grid, plan, progress, run_grid
+    from .grid import check_pack, load_grid, plan, progress, run_grid
     from .results import Status
 
     try:
@@ -147,13 +149,15 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "tensorboard", False):
             overrides["tensorboard"] = True
         grid = load_grid(args.grid, overrides, args.results)
+        if args.pack is not None:
+            grid.pack = check_pack(args.pack)
         if args.only:
             keep = set(args.only.split(","))
-            known = sorted({r.name for r in grid.runs})
+            known = sorted({r.method for r in grid.runs})
             if not keep <= set(known):
                 raise ConfigError(f"bad value for --only: {', '.join(sorted(keep - set(known)))} "
                                   f"(accepted: {', '.join(known)})")
-            grid.runs = [r for r in grid.runs if r.name in keep]
+            grid.runs = [r for r in grid.runs if r.method in keep]
         if args.seeds:
             seeds = _int_list(args.seeds, "--seeds")
             known_seeds = sorted({r.seed for r in grid.runs})

@@ -17,8 +17,9 @@ from typing import Any
 from .data import IMBALANCE_TYPES, PROTOCOLS, SOURCES
 from .loader import SAMPLERS
 from .losses import LOSSES
-from .methods import STAGE2
 from .models import MODELS
+from .procedures import PROCEDURES
+from .registry import bad_value
 from .runconfig import (  # noqa: F401  (re-exported: the public names of a configuration)
     CLASSIFIERS,
     COMPILE,
@@ -33,9 +34,12 @@ from .runconfig import (  # noqa: F401  (re-exported: the public names of a conf
     RunConfig,
 )
 
+# Fields renamed when the vocabulary became one word per thing (a config naming the old one is told the new)
+RENAMED = {"label": "method", "name": "method"}
+
 
 def _bad(name: str, value: Any, accepted: str) -> ConfigError:
-    return ConfigError(f"bad value for {name!r}: {value!r} (accepted: {accepted})")
+    return ConfigError(bad_value(name, value, accepted))
 
 
 def _int(d: dict, name: str, lo: int, allow_none: bool = False) -> None:
@@ -62,7 +66,7 @@ def _choice(d: dict, name: str, accepted: list[str] | tuple[str, ...], allow_non
     if v is None and allow_none:
         return
     if v not in accepted:
-        raise ConfigError(f"bad value for {name!r}: {v!r} (accepted: {', '.join(map(str, accepted))})")
+        raise _bad(name, v, ", ".join(map(str, accepted)))
 
 
 def make_config(params: dict[str, Any] | None = None, **overrides: Any) -> RunConfig:
@@ -70,13 +74,20 @@ def make_config(params: dict[str, Any] | None = None, **overrides: Any) -> RunCo
     d = {**(params or {}), **overrides}
     unknown = sorted(set(d) - set(FIELDS))
     if unknown:
-        raise ConfigError(f"unknown parameter(s) {', '.join(map(repr, unknown))} (accepted: {', '.join(FIELDS)})")
+        renamed = [f"{k!r} is now {RENAMED[k]!r}" for k in unknown if k in RENAMED]
+        raise ConfigError(f"unknown parameter(s) {', '.join(map(repr, unknown))}" + (f" ({'; '.join(renamed)})" if renamed
+                          else "") + f" (accepted: {', '.join(FIELDS)})")
+    if d.get("loss") in PROCEDURES:
+        raise ConfigError(f"bad value for 'loss': {d['loss']!r} is a procedure, not a loss: write procedure: {d['loss']}"
+                          + (" (with stage1: <the method it starts from>)" if PROCEDURES.info(d["loss"]).stage == 2 else "")
+                          + f" (losses: {', '.join(LOSSES.names())})")
     d = {**{k: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)  # type: ignore[misc]
             for k, f in FIELDS.items()}, **d}
     _choice(d, "protocol", PROTOCOLS.names())
     _choice(d, "dataset", SOURCES.names())
     _choice(d, "model", MODELS.names())
-    _choice(d, "loss", LOSSES.names() + STAGE2.names())
+    _choice(d, "loss", LOSSES.names())
+    _choice(d, "procedure", PROCEDURES.names())
     _choice(d, "imb_type", IMBALANCE_TYPES)
     _choice(d, "sampler", SAMPLERS.names())
     _choice(d, "optimizer", OPTIMIZERS, allow_none=True)
@@ -104,7 +115,7 @@ def make_config(params: dict[str, Any] | None = None, **overrides: Any) -> RunCo
     _int(d, "eval_batch_size", 1)
     _int(d, "max_steps", 1, allow_none=True)
     _int(d, "bootstrap", 0)
-    for name in ("loss_params", "model_params", "source_params"):
+    for name in ("loss_params", "procedure_params", "model_params", "source_params"):
         if not isinstance(d[name], dict):
             raise _bad(name, d[name], "a mapping of parameter names to values")
     _check_named_params("model_params", d["model_params"], MODELS.get(d["model"]), ("num_classes", "pretrained"),
@@ -120,10 +131,14 @@ def make_config(params: dict[str, Any] | None = None, **overrides: Any) -> RunCo
     if d["milestones"] is not None and (not isinstance(d["milestones"], list)
                                         or not all(isinstance(m, int) and m >= 0 for m in d["milestones"])):
         raise _bad("milestones", d["milestones"], "a list of epoch numbers (integers >= 0) or null")
-    if d["label"] is not None and (not isinstance(d["label"], str) or not d["label"].replace("_", "").isalnum()):
-        raise _bad("label", d["label"], "letters, digits and underscores")
-    if d["loss"] in STAGE2 and STAGE2.info(d["loss"]).needs_stage1 and not d["stage1"]:
-        raise ConfigError(f"stage-two method {d['loss']!r} needs 'stage1': the label of the run it starts from")
+    if d["method"] is not None and (not isinstance(d["method"], str) or not d["method"].replace("_", "").isalnum()):
+        raise _bad("method", d["method"], "letters, digits and underscores")
+    stage = PROCEDURES.info(d["procedure"]).stage
+    if stage == 2 and not d["stage1"]:
+        raise ConfigError(f"stage-two procedure {d['procedure']!r} needs 'stage1': the method of the run it starts from")
+    if stage == 1 and d["stage1"]:
+        raise _bad("stage1", d["stage1"], f"null for procedure {d['procedure']!r}, which trains from the data "
+                   f"(stage-two procedures: {', '.join(n for n in PROCEDURES.names() if PROCEDURES.info(n).stage == 2)})")
 
     defaults = PROTOCOL_DEFAULTS[d["protocol"]]
     epochs = d["epochs"] if d["epochs"] is not None else defaults["epochs"]
@@ -134,17 +149,19 @@ def make_config(params: dict[str, Any] | None = None, **overrides: Any) -> RunCo
             d[k] = defaults[k]
     if d["normalization"] == "recipe" and defaults["norm"] is None:
         raise _bad("normalization", "recipe", f"'dataset' for protocol {d['protocol']!r}, which has no published constants")
-    loss_spec = LOSSES.info(d["loss"]) if d["loss"] in LOSSES else None
-    if d["classifier"] is None:  # the head the loss presumes (LossSpec.classifier); stage-two methods: linear
-        d["classifier"] = loss_spec.classifier if loss_spec else "linear"
+    loss_spec = LOSSES.info(d["loss"])
+    if d["classifier"] is None:  # the head the loss presumes (LossSpec.classifier)
+        d["classifier"] = loss_spec.classifier
     if d["milestones"] is None:
         d["milestones"] = sorted({int(round(f * epochs)) for f in defaults["milestone_fracs"]})
     if d["warmup_epochs"] is None:
         d["warmup_epochs"] = int(round(defaults["warmup_frac"] * epochs))
-    if loss_spec and loss_spec.epoch_params:  # e.g. DRW's switch: the protocol's fraction of this run's epochs
+    if loss_spec.epoch_params:  # e.g. DRW's switch: the protocol's fraction of this run's epochs
         d["loss_params"] = {**{p: int(round(defaults["drw_frac"] * epochs)) for p in loss_spec.epoch_params},
                             **d["loss_params"]}
-    _check_loss_params(d["loss"], d["loss_params"])
+    _check_params("loss_params", LOSSES.get(d["loss"]), d["loss_params"], f"loss {d['loss']!r}")
+    _check_params("procedure_params", PROCEDURES.get(d["procedure"]), d["procedure_params"],
+                  f"procedure {d['procedure']!r}")
     return RunConfig(**d)
 
 
@@ -159,16 +176,17 @@ def _check_named_params(field_name: str, params: dict, fn, reserved: tuple[str, 
             raise ConfigError(f"bad key {k!r} in {field_name} for {owner} (accepted: {', '.join(accepted) or 'none'})")
 
 
-def _check_loss_params(loss: str, params: dict) -> None:
-    fn = LOSSES.get(loss) if loss in LOSSES else STAGE2.get(loss)
+def _check_params(field_name: str, fn, params: dict, owner: str) -> None:
+    """A loss's or procedure's parameters: named arguments of its function, numbers or booleans as declared."""
     sig = inspect.signature(fn)
-    accepted = [p for p in sig.parameters if p not in ("counts", "_", "ctx", "ckpt_dir") and sig.parameters[p].kind.name != "VAR_KEYWORD"]
+    accepted = [p for p in sig.parameters if p not in ("counts", "_", "ctx", "ckpt_dir", "progress")
+                and sig.parameters[p].kind.name != "VAR_KEYWORD"]
     for k, v in params.items():
         if k not in accepted:
-            raise ConfigError(f"bad loss parameter {k!r} for {loss!r} (accepted: {', '.join(accepted) or 'none'})")
+            raise ConfigError(f"bad key {k!r} in {field_name} for {owner} (accepted: {', '.join(accepted) or 'none'})")
         default = sig.parameters[k].default
         if isinstance(default, bool) or (default is None and "bool" in str(sig.parameters[k].annotation)):
             if not isinstance(v, bool):
-                raise _bad(f"loss_params.{k}", v, "true or false")
+                raise _bad(f"{field_name}.{k}", v, "true or false")
         elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise _bad(f"loss_params.{k}", v, "a finite number")
+            raise _bad(f"{field_name}.{k}", v, "a finite number")

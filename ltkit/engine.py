@@ -22,7 +22,7 @@ from torch import nn
 
 from .data import LTDataset, load_dataset
 from .loader import DeviceSplit, batches, to_float
-from .metrics import evaluate_predictions
+from .metrics import BEST_EPOCH_ON_TEST, EPOCHS, SELECTED_EPOCH, VAL_SELECTED, evaluate_predictions
 from .models import MODELS, NormedLinear, create_model, get_classifier, set_classifier
 from .runconfig import PROTOCOL_DEFAULTS, RunConfig
 
@@ -192,13 +192,13 @@ def evaluate_model(ctx: Context, fitted: Fitted) -> RunResult:
         labels[name] = split.labels_np
     metrics, table = evaluate_predictions(preds, labels, ds.groups(), ds.train_counts, ds.classes, cfg.bootstrap)
     sel = fitted.selected_epoch
-    metrics["selected_epoch"] = int(sel)
-    metrics["epochs"] = int(cfg.epochs)
+    metrics[SELECTED_EPOCH] = int(sel)
+    metrics[EPOCHS] = int(cfg.epochs)
     if "val_top1" in history and len(history):
-        metrics["val.top1_selected"] = float(history["val_top1"].iloc[sel]) if 0 <= sel < len(history) else math.nan
+        metrics[VAL_SELECTED] = float(history["val_top1"].iloc[sel]) if 0 <= sel < len(history) else math.nan
     if "test_top1" in history and len(history):
         # Labelled comparison number: what codebases that pick the best epoch on the test set report.
-        metrics["balanced.top1_best_epoch_on_test"] = float(history["test_top1"].max())
+        metrics[BEST_EPOCH_ON_TEST] = float(history["test_top1"].max())
         metrics["best_epoch_on_test"] = int(history["test_top1"].idxmax())
     mean, std = normalisation(cfg, ds)
     return RunResult(cfg, metrics, table, history, preds, labels,

@@ -5,8 +5,10 @@
     base: {protocol: cao2019, dataset: synthetic, model: tiny_cnn, epochs: 8}
     axes: {model: [tiny_cnn]}         # optional cartesian product over config fields
     seeds: [0, 1]
-    methods: [ce, bs, {label: focal_g1, loss: focal, loss_params: {gamma: 1}},
-              {label: la_posthoc, loss: la_posthoc, stage1: ce}]
+    methods: [ce, bs, {method: focal_g1, loss: focal, loss_params: {gamma: 1}},
+              {method: lap, procedure: la_posthoc, stage1: ce}, two_expert]
+
+A method given as a bare name is a loss (``bs``) or a procedure (``two_expert``).
 
 Every run is validated when the grid is loaded, so a typo fails before any
 training starts. Each run executes ``notebooks/train.ipynb`` through papermill
@@ -17,6 +19,7 @@ the numerical check) are recorded as aliases of the CE run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -39,9 +42,26 @@ import yaml
 from .config import ConfigError, RunConfig, make_config
 from .data import SOURCES, DataError, load_pool
 from .io import LockHeld, atomic_write_bytes, atomic_write_text, is_locked, run_lock, yaml_load
-from .layout import LAST, NOTEBOOK, REPO
+from .layout import (
+    COMPLETE,
+    EXECUTED_NOTEBOOK,
+    FINAL,
+    LAST,
+    METRICS,
+    NOTEBOOK,
+    NOTEBOOK_PARAMETERS,
+    PARTIAL_NOTEBOOK,
+    PROGRESS,
+    PROVENANCE,
+    REPO,
+    RUNNER_LOCK,
+    TRAIN_LOCK,
+)
 from .losses import LOSSES, check_ce_equivalence, reduces_to_ce
 from .models import MODELS, weights_problem
+from .notebook import config_parameter_names
+from .packed import pack_key, packable
+from .procedures import PROCEDURES
 from .results import (
     Status,
     load_metrics,
@@ -54,7 +74,9 @@ from .results import (
 )
 from .splits import expected_train_counts
 
-GRID_KEYS = {"extends", "name", "description", "results", "base", "axes", "seeds", "methods", "slurm", "runs_per_gpu"}
+GRID_KEYS = {"extends", "name", "description", "results", "base", "axes", "seeds", "methods", "slurm", "runs_per_gpu",
+             "pack"}
+PACK_AUTO = 32  # runs per pack when ``pack: auto`` finds a GPU (issue #15's largest measured size)
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 STOP = threading.Event()  # set on Ctrl-C / SIGTERM: no new run starts, running ones are stopped
 
@@ -69,6 +91,7 @@ class Grid:
     slurm: dict[str, Any] = field(default_factory=dict)
     runs_per_gpu: int | str = "auto"
     path: Path | None = None
+    pack: int | str = "auto"  # auto: up to PACK_AUTO runs per pack on a GPU, none on a CPU; off; or a number >= 2
 
     def run_dir(self, cfg: RunConfig) -> Path:
         return self.results / cfg.run_path()
@@ -164,26 +187,64 @@ def grid_from_spec(spec: dict, overrides: dict | None = None, results: str | Pat
         raise ConfigError(f"bad value for 'seeds': {seeds!r} (accepted: a non-empty list of integers >= 0)")
     for seed in seeds:  # seed-major order: a grid cut short still covers every method once
         for combo, m in itertools.product(itertools.product(*(axes[k] for k in keys)), methods):
-            mdict = {"loss": m} if isinstance(m, str) else dict(m)
+            mdict = ({"procedure": m} if m in PROCEDURES else {"loss": m}) if isinstance(m, str) else dict(m)
             params = {**base, **dict(zip(keys, combo, strict=True)), **mdict, "seed": seed, **(overrides or {})}
             try:
                 runs.append(make_config(params))
             except ConfigError as exc:
-                where = f"{path or 'grid'}: method {mdict.get('label') or mdict.get('loss')!r}, seed {seed}"
+                what = mdict.get("method") or mdict.get("procedure") or mdict.get("loss") or mdict.get("label")
+                where = f"{path or 'grid'}: method {what!r}, seed {seed}"
                 raise ConfigError(f"{where}: {exc}") from None
     labels = {(r.run_path()) for r in runs}
     if len(labels) != len(runs):
         clash = sorted(set(keys) & set(overrides or {}))
         hint = (f"--set {', '.join(clash)} overrides the grid's axis {', '.join(map(repr, clash))}, so its values "
-                "collapse into one; drop the axis or the --set" if clash else "give methods distinct 'label's")
+                "collapse into one; drop the axis or the --set" if clash else "give methods distinct 'method' names")
         raise ConfigError(f"{path or 'grid'}: two runs share a results folder; {hint}")
     for r in runs:
         if r.stage1 and r.stage1_path() not in labels:
-            raise ConfigError(f"{path or 'grid'}: {r.name!r} starts from stage one {r.stage1!r}, which the grid lacks")
+            raise ConfigError(f"{path or 'grid'}: {r.method!r} starts from stage one {r.stage1!r}, which the grid lacks")
     res = Path(results or spec.get("results") or f"results/{name}")
     if not res.is_absolute():
         res = REPO / res
-    return Grid(name, res, runs, dict(spec.get("slurm") or {}), spec.get("runs_per_gpu", "auto"), path)
+    return Grid(name, res, runs, dict(spec.get("slurm") or {}), spec.get("runs_per_gpu", "auto"), path,
+                check_pack(spec.get("pack", "auto")))
+
+
+def check_pack(value: Any) -> int | str:
+    """The ``pack`` setting: ``auto``, ``off`` or a pack size >= 2 (a YAML ``off`` reads as false)."""
+    if value is False:
+        value = "off"
+    if value in ("auto", "off") or (isinstance(value, int) and not isinstance(value, bool) and value >= 2):
+        return value
+    if isinstance(value, str) and value.isdigit() and int(value) >= 2:
+        return int(value)
+    raise ConfigError(f"bad value for 'pack': {value!r} (accepted: auto, off, or a number of runs >= 2)")
+
+
+def pack_size(setting: int | str) -> int:
+    """Runs per pack for a ``pack`` setting here (1: no packing)."""
+    if setting == "off":
+        return 1
+    if setting == "auto":
+        import torch
+
+        return PACK_AUTO if torch.cuda.is_available() else 1  # a CPU is busy with one run's arithmetic already
+    return int(setting)
+
+
+def pack_runs(todo: list[RunConfig], size: int) -> list[list[RunConfig]]:
+    """Work items: packs of up to ``size`` runs with equal :func:`ltkit.packed.pack_key`, and single runs."""
+    items: list[list[RunConfig]] = []
+    groups: dict[str, list[RunConfig]] = {}
+    for cfg in todo:
+        if size < 2 or packable(cfg) is not None:
+            items.append([cfg])
+        else:
+            groups.setdefault(pack_key(cfg), []).append(cfg)
+    for runs in groups.values():
+        items.extend(runs[i:i + size] for i in range(0, len(runs), size))
+    return items
 
 
 # --------------------------------------------------------------------------- fail fast
@@ -228,18 +289,18 @@ def expected_counts(cfg: RunConfig):
 
 
 def ce_twin(cfg: RunConfig) -> RunConfig:
-    return make_config({**cfg.to_dict(), "loss": "ce", "label": None, "loss_params": {}, "stage1": None})
+    return make_config({**cfg.to_dict(), "loss": "ce", "method": None, "loss_params": {}})
 
 
 def alias_target(cfg: RunConfig, grid_runs: dict[str, RunConfig]) -> RunConfig | None:
     """The grid's CE run that stands for ``cfg`` if ``cfg``'s loss is CE by construction for its counts
     and that CE run has exactly ``cfg``'s configuration otherwise (same fingerprint as its CE twin)."""
-    if cfg.loss == "ce" or cfg.loss not in LOSSES or cfg.sampler != "instance":
+    if cfg.loss == "ce" or cfg.procedure != "train" or cfg.sampler != "instance":
         return None
     counts = expected_counts(cfg)
     if counts is None:
         return None
-    params = {k: v for k, v in cfg.loss_params.items() if k != "drw_epoch"}
+    params = {k: v for k, v in cfg.loss_params.items() if k not in LOSSES.info(cfg.loss).epoch_params}
     if not reduces_to_ce(cfg.loss, counts, **params):
         return None
     twin = ce_twin(cfg)
@@ -274,7 +335,7 @@ def progress(grid: Grid, cfg: RunConfig) -> str:
     import json
 
     try:
-        p = json.loads((grid.ckpt_dir(cfg) / "progress.json").read_text())
+        p = json.loads((grid.ckpt_dir(cfg) / PROGRESS).read_text())
     except (OSError, ValueError):
         return ""
     left = (p["epochs"] - p["epoch"]) * p.get("seconds_per_epoch", 0)
@@ -285,7 +346,7 @@ def progress(grid: Grid, cfg: RunConfig) -> str:
 def _locked(grid: Grid, cfg: RunConfig) -> bool:
     """A runner holds the run (``.lock``) or a process is training it (``.train.lock``, held by the
     training process itself, so it outlives a killed runner). Read-only."""
-    return is_locked(grid.ckpt_dir(cfg) / ".lock") or is_locked(grid.ckpt_dir(cfg) / ".train.lock")
+    return is_locked(grid.ckpt_dir(cfg) / RUNNER_LOCK) or is_locked(grid.ckpt_dir(cfg) / TRAIN_LOCK)
 
 
 def papermill_command(grid: Grid, cfg: RunConfig, out_nb: Path, params_file: Path) -> list[str]:
@@ -293,14 +354,10 @@ def papermill_command(grid: Grid, cfg: RunConfig, out_nb: Path, params_file: Pat
             "-f", str(params_file), "--cwd", str(REPO / "notebooks"), "--no-progress-bar"]
 
 
-NOTEBOOK_KEYS = ("protocol", "dataset", "imb_factor", "imb_type", "model", "loss", "label", "seed", "epochs",
-                 "batch_size", "data_root")
-
-
 def notebook_parameters(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
-    """The notebook's own parameters plus every other config field in ``extra``."""
+    """The notebook's own parameters (read from its parameters cell) plus every other config field in ``extra``."""
     d = cfg.to_dict()
-    params = {k: d.pop(k) for k in NOTEBOOK_KEYS}
+    params = {k: d.pop(k) for k in config_parameter_names()}
     return {**params, "extra": d, "output_dir": str(grid.run_dir(cfg)), "checkpoint_dir": str(grid.ckpt_dir(cfg)),
             "smoke": False, "show_progress": True}
 
@@ -379,7 +436,7 @@ def _stage1_problem(grid: Grid, cfg: RunConfig) -> str | None:
     s1 = next((r for r in grid.runs if r.run_path() == cfg.stage1_path()), None)
     if s1 is None:
         return None
-    path = grid.ckpt_dir(s1) / "final.pt"
+    path = grid.ckpt_dir(s1) / FINAL
     if not path.exists():
         return f"stage-one checkpoint {path} is missing; run {cfg.stage1!r} first"
     import torch
@@ -425,9 +482,9 @@ def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, f
     t0 = time.time()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with run_lock(ckpt / ".lock"):
-            if _wait_for_training(ckpt / ".train.lock", TRAIN_LOCK_WAIT):
-                _log.info(f"skip {cfg.run_path()}: another process is still training it (pid in {ckpt / '.train.lock'})")
+        with run_lock(ckpt / RUNNER_LOCK):
+            if _wait_for_training(ckpt / TRAIN_LOCK, TRAIN_LOCK_WAIT):
+                _log.info(f"skip {cfg.run_path()}: another process is still training it (pid in {ckpt / TRAIN_LOCK})")
                 return Outcome.BUSY
             if not force and run_status(run_dir, cfg.fingerprint()) == Status.DONE:
                 _log.info(f"skip {cfg.run_path()}: finished by another process meanwhile")
@@ -439,9 +496,9 @@ def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, f
                 record_failure(run_dir, cfg, start, time.time() - t0, problem)
                 _log.error(f"FAILED {cfg.run_path()}: {problem}")
                 return Outcome.FAILED
-            params_file = ckpt / "parameters.yaml"
+            params_file = ckpt / NOTEBOOK_PARAMETERS
             atomic_write_text(params_file, yaml.safe_dump(notebook_parameters(grid, cfg)))
-            partial = ckpt / "train.partial.ipynb"
+            partial = ckpt / PARTIAL_NOTEBOOK
             cmd = papermill_command(grid, cfg, partial, params_file)
             full_env = {**os.environ, **(env or {}), "LTKIT_COMMAND": " ".join(cmd), "PYTHONUNBUFFERED": "1"}
             for attempt in (1, 2):
@@ -455,13 +512,13 @@ def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, f
                 _log.warning(f"retry {cfg.run_path()}: the kernel died before running a cell")
                 time.sleep(1.0)
             if partial.exists():  # the executed notebook, whole, also on failure (it keeps the traceback)
-                atomic_write_bytes(run_dir / "train.ipynb", partial.read_bytes())
+                atomic_write_bytes(run_dir / EXECUTED_NOTEBOOK, partial.read_bytes())
                 partial.unlink()
             if proc.returncode == 0 and load_metrics(run_dir) is not None:
                 mark_complete(run_dir, cfg.fingerprint())
                 return Outcome.DONE
-            err = notebook_error(run_dir / "train.ipynb") or (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-            prov = run_dir / "provenance.json"
+            err = notebook_error(run_dir / EXECUTED_NOTEBOOK) or (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+            prov = run_dir / PROVENANCE
             if not prov.exists() or json.loads(prov.read_text()).get("status") != Status.FAILED:
                 record_failure(run_dir, cfg, start, time.time() - t0, err)
             _log.error(f"FAILED {cfg.run_path()}: {err}")
@@ -479,12 +536,73 @@ def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, f
         return Outcome.FAILED
 
 
+def execute_pack(grid: Grid, cfgs: list[RunConfig], env: dict[str, str] | None = None,
+                 force: bool = False) -> list[tuple[RunConfig, str]]:
+    """Train stage-one runs as one packed model (``python -m ltkit.packrun``); an outcome per run.
+
+    Each run is locked and checked as :func:`execute_run` checks it (a run another process holds,
+    or finished meanwhile, leaves the pack as BUSY); each finished run's folder gets the same files
+    as a single run's (its provenance names the pack) and ``complete.json`` last.
+    """
+    if STOP.is_set():
+        return [(c, Outcome.INTERRUPTED) for c in cfgs]
+    out: list[tuple[RunConfig, str]] = []
+    start, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.time()
+    with contextlib.ExitStack() as locks:
+        members = []
+        for cfg in cfgs:
+            run_dir, ckpt = grid.run_dir(cfg), grid.ckpt_dir(cfg)
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                locks.enter_context(run_lock(ckpt / RUNNER_LOCK))
+            except LockHeld as exc:
+                _log.info(f"skip {cfg.run_path()}: {exc}")
+                out.append((cfg, Outcome.BUSY))
+                continue
+            if is_locked(ckpt / TRAIN_LOCK) or (not force and run_status(run_dir, cfg.fingerprint()) == Status.DONE):
+                _log.info(f"skip {cfg.run_path()}: another process is training it or finished it meanwhile")
+                out.append((cfg, Outcome.BUSY))
+                continue
+            if force:
+                _set_aside(run_dir, ckpt)
+            members.append(cfg)
+        if len(members) == 1:  # the others left: train it the usual way (its notebook included)
+            locks.close()
+            out.append((members[0], execute_run(grid, members[0], env, force=False)))
+            return out
+        if not members:
+            return out
+        spec = {"runs": [c.to_dict() for c in members], "checkpoint_dirs": [str(grid.ckpt_dir(c)) for c in members],
+                "output_dirs": [str(grid.run_dir(c)) for c in members], "progress": False}
+        key = hashlib.sha256("".join(c.run_path() for c in members).encode()).hexdigest()[:12]
+        params = grid.ckpt_root / "packs" / f"{key}.yaml"
+        atomic_write_text(params, yaml.safe_dump(spec))
+        cmd = [sys.executable, "-m", "ltkit.packrun", str(params)]
+        _log.info(f"pack of {len(members)}: {', '.join(c.run_path() for c in members)}")
+        proc = _papermill(cmd, {**os.environ, **(env or {}), "LTKIT_COMMAND": " ".join(cmd), "PYTHONUNBUFFERED": "1"})
+        for cfg in members:
+            run_dir = grid.run_dir(cfg)
+            if STOP.is_set() and load_metrics(run_dir) is None:
+                out.append((cfg, Outcome.INTERRUPTED))
+            elif load_metrics(run_dir) is not None:
+                mark_complete(run_dir, cfg.fingerprint())
+                out.append((cfg, Outcome.DONE))
+            else:
+                prov = run_dir / PROVENANCE
+                if not prov.exists() or json.loads(prov.read_text()).get("status") != Status.FAILED:
+                    err = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+                    record_failure(run_dir, cfg, start, time.time() - t0, err)
+                _log.error(f"FAILED {cfg.run_path()} (in a pack)")
+                out.append((cfg, Outcome.FAILED))
+    return out
+
+
 def _set_aside(run_dir: Path, ckpt: Path) -> None:
     """--force: train afresh. The old metrics and checkpoints are renamed ``*.replaced-<UTC time>``
     (each generation kept), not deleted, and a preempted forced run then resumes from its *new*
     checkpoint."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{time.time_ns() % 1_000_000:06d}"
-    for f in (run_dir / "complete.json", run_dir / "metrics.json", ckpt / "last.pt", ckpt / "final.pt"):
+    for f in (run_dir / COMPLETE, run_dir / METRICS, ckpt / LAST, ckpt / FINAL):
         if f.exists():
             os.replace(f, f.with_name(f"{f.name}.replaced-{stamp}"))
 
@@ -580,12 +698,14 @@ def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | N
     lock = threading.Lock()
     free = list(slots)
 
-    def worker(cfg: RunConfig) -> tuple[RunConfig, str]:
+    def worker(item: list[RunConfig]) -> list[tuple[RunConfig, str]]:
         with lock:
             slot = free.pop()
         try:
             env = {"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {}
-            return cfg, execute_run(grid, cfg, env, force=force)
+            if len(item) > 1:
+                return execute_pack(grid, item, env, force=force)
+            return [(item[0], execute_run(grid, item[0], env, force=force))]
         finally:
             with lock:
                 free.append(slot)
@@ -599,24 +719,29 @@ def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | N
         recorded.add(cfg.run_path())
 
     STOP.clear()
+    size = pack_size(grid.pack)
     for phase in phases(todo):
+        items = pack_runs(phase, size)
         with ThreadPoolExecutor(max_workers=len(slots)) as pool, tqdm(total=len(phase), desc=grid.name, unit="run") as bar:
             futures = []
             try:
-                for cfg in phase:
-                    futures.append(pool.submit(worker, cfg))
+                for item in items:
+                    futures.append(pool.submit(worker, item))
                     if len(futures) <= len(slots):
                         time.sleep(stagger)  # kernels started at the same instant can collide on ZMQ ports
                 for fut in futures:
-                    record(*fut.result())
-                    bar.update()
+                    for cfg, st in fut.result():
+                        record(cfg, st)
+                        bar.update()
             except KeyboardInterrupt:  # Ctrl-C (or SIGTERM, see the CLI): stop now, keep what finished
                 _log.warning("interrupted: stopping the running notebooks; finished runs are kept, re-run to resume")
                 pool.shutdown(wait=False, cancel_futures=True)
                 stop_running()
-                for fut, cfg in zip(futures, phase, strict=False):  # what ended meanwhile keeps its outcome
-                    if cfg.run_path() not in recorded and fut.done() and not fut.cancelled():
-                        record(*fut.result())
+                for fut in futures:  # what ended meanwhile keeps its outcome
+                    if fut.done() and not fut.cancelled() and fut.exception() is None:
+                        for cfg, st in fut.result():
+                            if cfg.run_path() not in recorded:
+                                record(cfg, st)
                 for cfg in todo:  # this phase's unfinished runs and every later phase's
                     if cfg.run_path() not in recorded:
                         record(cfg, Outcome.INTERRUPTED)

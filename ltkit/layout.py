@@ -26,8 +26,10 @@ EXECUTED_NOTEBOOK = "train.ipynb"
 LAST = "last.pt"
 FINAL = "final.pt"
 PROGRESS = "progress.json"
-TRAIN_LOCK = ".train.lock"
+TRAIN_LOCK = ".train.lock"  # held by the process that trains
+RUNNER_LOCK = ".lock"  # held by the grid runner that executes the run's notebook
 PARTIAL_NOTEBOOK = "train.partial.ipynb"
+NOTEBOOK_PARAMETERS = "parameters.yaml"
 
 
 def default_data_root() -> Path:

@@ -26,12 +26,17 @@ from .registry import Registry
 SAMPLERS = Registry("sampler")
 
 
-def to_float(x: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (B,3,h,w) -> normalised float (B,3,size,size); bilinear resize if size != h."""
+def _unit(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (B,3,h,w) -> float in [0, 1], (B,3,size,size); bilinear resize if size != h."""
     x = x.float().div_(255.0)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return x.sub_(mean).div_(std)
+    return x
+
+
+def to_float(x: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B,3,h,w) -> normalised float (B,3,size,size): what evaluation sees."""
+    return _unit(x, size).sub_(mean).div_(std)
 
 
 def augment(x: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor, gen: torch.Generator,
@@ -42,9 +47,7 @@ def augment(x: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor, g
     ``RandomCrop(padding=4)`` pads the [0, 1] image with 0.
     """
     b = x.shape[0]
-    x = x.float().div_(255.0)
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = _unit(x, size)
     dev = x.device
     if pad:
         x = F.pad(x, (pad, pad, pad, pad))

@@ -181,11 +181,12 @@ class SoftmaxEqualization(LossBase):
         freq = np.asarray(counts, np.float64) / np.sum(counts)
         self.register_buffer("rare", torch.as_tensor(freq < lam))
         self.gamma = float(gamma)
+        self.gen: torch.Generator | None = None  # None: the global stream (a packed run gets its own, same seed)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         z = logits.float()
         onehot = F.one_hot(target, z.shape[1]).bool()
-        beta = torch.rand(z.shape, device=z.device) < self.gamma
+        beta = torch.rand(z.shape, device=z.device, generator=self.gen) < self.gamma
         drop = beta & self.rare[None, :] & ~onehot
         lse = torch.logsumexp(z.masked_fill(drop, float("-inf")), dim=1)
         nll = lse - z.gather(1, target[:, None]).squeeze(1)

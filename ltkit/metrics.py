@@ -14,6 +14,22 @@ import torch
 from .stats import accuracy_ci
 
 
+def key(split: str, measure: str = "top1") -> str:
+    """A metric's name in ``metrics.json``: ``<split>.<measure>``, e.g. ``balanced.top1``, ``lt.tail``,
+    ``balanced.few_ci_low``. Splits: balanced, lt (test sets), val; measures: top1, the class groups
+    (head, middle, tail, many, medium, few), macro_f1, n, and ``_ci_low`` / ``_ci_high`` / ``_n`` suffixes."""
+    return f"{split}.{measure}"
+
+
+# The run-level keys every finished run has, and the labelled extras (metrics.json)
+HEADLINE = key("balanced")  # the study's headline: top-1 on the balanced test set
+SELECTED_EPOCH = "selected_epoch"  # the history row whose weights were evaluated
+EPOCHS = "epochs"
+TRAININGS = "trainings"  # full trainings the run cost (a stage-two procedure: 0, two experts: 2)
+VAL_SELECTED = key("val", "top1_selected")  # validation top-1 of the selected epoch
+BEST_EPOCH_ON_TEST = key("balanced", "top1_best_epoch_on_test")  # labelled comparison number, never selects
+
+
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy of a split's logits, on their device (one host sync)."""
     return float((logits.argmax(1) == labels).float().mean())
@@ -49,18 +65,16 @@ def split_metrics(pred: np.ndarray, labels: np.ndarray, groups: dict[str, np.nda
     """All metrics of one split as a flat dict ``{prefix}.{metric}``."""
     k = len(next(iter(groups.values())))
     correct = pred == labels
-    out = {f"{prefix}.top1": float(correct.mean()), f"{prefix}.n": int(len(labels)),
-           f"{prefix}.macro_f1": macro_f1(pred, labels, k)}
+    out = {key(prefix): float(correct.mean()), key(prefix, "n"): int(len(labels)),
+           key(prefix, "macro_f1"): macro_f1(pred, labels, k)}
     if bootstrap:
-        lo, hi = accuracy_ci(correct, labels)
-        out[f"{prefix}.top1_ci_low"], out[f"{prefix}.top1_ci_high"] = lo, hi
+        out[key(prefix, "top1_ci_low")], out[key(prefix, "top1_ci_high")] = accuracy_ci(correct, labels)
     for g, mask in groups.items():
         sel = mask[labels]
-        out[f"{prefix}.{g}"] = float(correct[sel].mean()) if sel.any() else float("nan")
-        out[f"{prefix}.{g}_n"] = int(sel.sum())
+        out[key(prefix, g)] = float(correct[sel].mean()) if sel.any() else float("nan")
+        out[key(prefix, f"{g}_n")] = int(sel.sum())
         if bootstrap and sel.any():
-            lo, hi = accuracy_ci(correct[sel], labels[sel])
-            out[f"{prefix}.{g}_ci_low"], out[f"{prefix}.{g}_ci_high"] = lo, hi
+            out[key(prefix, f"{g}_ci_low")], out[key(prefix, f"{g}_ci_high")] = accuracy_ci(correct[sel], labels[sel])
     return out
 
 

@@ -1,29 +1,33 @@
-"""A whole run: check the configuration, load the data, train stage one or run a stage-two method,
+"""A whole run: check the configuration, load the data, obtain the model by the run's procedure,
 evaluate. ``run(config)`` is what the notebook (and so every grid run) calls.
 
-The top of the training stack: it dispatches between :mod:`ltkit.train` (stage
-one) and :mod:`ltkit.methods` (stage two), which both build on :mod:`ltkit.engine`.
+The top of the training stack: :mod:`ltkit.procedures` holds how a model is
+obtained (stage-one training, two experts, stage-two procedures), all on top of
+:mod:`ltkit.engine`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from .config import make_config
 from .data import LTDataset
-from .engine import RunResult, build_model, evaluate_model, load_data, make_context, pick_device, seed_everything
-from .io import atomic_torch_save, run_lock
-from .layout import FINAL, TRAIN_LOCK
-from .methods import STAGE2
+from .engine import RunResult, evaluate_model, load_data, make_context, pick_device, seed_everything
+from .io import run_lock
+from .layout import TRAIN_LOCK
+from .metrics import TRAININGS
+from .packed import train_pack
+from .procedures import PROCEDURES
 from .runconfig import RunConfig
-from .train import train_model
+from .train import save_final
 
 
 def run(params: RunConfig | dict[str, Any], ckpt_dir: str | Path | None = None, progress: bool = True,
         keep_model: bool = False, ds: LTDataset | None = None) -> RunResult:
-    """Load data, build, train (or run a stage-two method), evaluate: a whole run."""
+    """Load data, obtain the model by the run's procedure, evaluate: a whole run."""
     cfg = params if isinstance(params, RunConfig) else make_config(params)
     ckpt = Path(ckpt_dir) if ckpt_dir else None
     # The process that trains holds the run's training lock for as long as it trains, so a killed
@@ -37,18 +41,40 @@ def _run(cfg: RunConfig, ckpt: Path | None, progress: bool, keep_model: bool, ds
     seed_everything(cfg.seed, cfg.deterministic)
     ds = ds if ds is not None else load_data(cfg)
     ctx = make_context(cfg, ds, device)
-    if cfg.loss in STAGE2:
-        fitted = STAGE2.get(cfg.loss)(ctx, ckpt, **cfg.loss_params)
-        trainings = STAGE2.info(cfg.loss).trainings
-    else:
-        trainings = 1
-        fitted = train_model(ctx, build_model(cfg, ds.num_classes).to(device), ckpt, progress)
-        if ckpt is not None:
-            atomic_torch_save(ckpt / FINAL, {"model": fitted.model.state_dict(), "model_name": cfg.model,
-                                             "fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})
+    fitted = PROCEDURES.get(cfg.procedure)(ctx, ckpt, progress, **cfg.procedure_params)
     result = evaluate_model(ctx, fitted)
-    # cost, beside the accuracy: full trainings this run did (a stage-two method reuses its stage one)
-    result.metrics["trainings"] = trainings  # (training seconds, not deterministic, go to provenance)
+    # cost, beside the accuracy: full trainings this run did (a stage-two procedure reuses its stage one)
+    result.metrics[TRAININGS] = PROCEDURES.info(cfg.procedure).trainings  # (seconds go to provenance)
     if keep_model:
         result.model = fitted.model
     return result
+
+
+def run_pack(params: list[RunConfig | dict[str, Any]], ckpt_dirs: list[str | Path | None] | None = None,
+             progress: bool = True, backend: str = "auto") -> list[RunResult | Exception]:
+    """Several stage-one runs trained as one packed model (:mod:`ltkit.packed`), each evaluated and
+    returned as if it had run alone, or the exception that stopped it (its pack goes on without it).
+
+    The data are loaded and put on the device once; every run holds its own training lock.
+    """
+    cfgs = [p if isinstance(p, RunConfig) else make_config(p) for p in params]
+    ckpts = [Path(d) if d else None for d in (ckpt_dirs or [None] * len(cfgs))]
+    with contextlib.ExitStack() as locks:
+        for ck in ckpts:
+            if ck is not None:
+                locks.enter_context(run_lock(ck / TRAIN_LOCK))
+        device = pick_device(cfgs[0].device)
+        ctx0 = make_context(cfgs[0], load_data(cfgs[0]), device)
+        ctxs = [dataclasses.replace(ctx0, cfg=c) for c in cfgs]  # one copy of the images on the device
+        fits = train_pack(ctxs, ckpts, progress, backend)
+        out: list[RunResult | Exception] = []
+        for ctx, ck, fit in zip(ctxs, ckpts, fits, strict=True):
+            if isinstance(fit, Exception):
+                out.append(fit)
+                continue
+            if ck is not None:
+                save_final(ck, ctx.cfg, fit.model)
+            result = evaluate_model(ctx, fit)
+            result.metrics[TRAININGS] = PROCEDURES.info("train").trainings
+            out.append(result)
+        return out

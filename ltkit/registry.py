@@ -20,9 +20,14 @@ class UnknownNameError(ValueError):
     """An unknown registry key; the message lists the valid ones."""
 
 
+def bad_value(what: str, value: Any, accepted: str) -> str:
+    """The one wording of every bad-input message: the field, the value given, what is accepted."""
+    return f"bad value for {what!r}: {value!r} (accepted: {accepted})"
+
+
 def choice_error(kind: str, value: Any, accepted: list[str] | tuple[str, ...]) -> UnknownNameError:
-    """Build the one-line error used everywhere for a value outside a fixed set."""
-    return UnknownNameError(f"unknown {kind} {value!r}; accepted: {', '.join(map(str, accepted))}")
+    """The error for a value outside a fixed set (an unknown registry name, say)."""
+    return UnknownNameError(bad_value(kind, value, ", ".join(map(str, accepted))))
 
 
 class Registry(Generic[S]):

@@ -15,15 +15,17 @@ import numpy as np
 import pandas as pd
 
 from .io import read_json, stat_digest
-from .layout import REPO, default_results_root, parse_run_dir, root_of
-from .metrics import relative_accuracy
+from .layout import ALIAS, METRICS, PROVENANCE, REPO, default_results_root, parse_run_dir, root_of
+from .metrics import BEST_EPOCH_ON_TEST, HEADLINE, key, relative_accuracy
 from .results import load_metrics
 from .stats import adjust_pvalues, bootstrap_difference, paired_difference, t_interval
 
 THESIS_LOSS_ORDER = ["ce", "focal", "wce", "cb", "bs", "seql", "ldam"]
-CATEGORIES = {"balanced.top1": "Balanced", "lt.top1": "Long-tailed", "lt.head": "Head", "lt.middle": "Middle",
-              "lt.tail": "Tail"}
-SHOT = {"balanced.top1": "All", "balanced.many": "Many", "balanced.medium": "Medium", "balanced.few": "Few"}
+# The thesis's five categories (Table 4.x columns) and the shot groups of the CIFAR-LT literature
+CATEGORIES = {key("balanced"): "Balanced", key("lt"): "Long-tailed", key("lt", "head"): "Head",
+              key("lt", "middle"): "Middle", key("lt", "tail"): "Tail"}
+SHOT = {key("balanced"): "All", key("balanced", "many"): "Many", key("balanced", "medium"): "Medium",
+        key("balanced", "few"): "Few"}
 
 
 # --------------------------------------------------------------------------- collecting runs
@@ -31,8 +33,8 @@ SHOT = {"balanced.top1": "All", "balanced.many": "Many", "balanced.medium": "Med
 
 def _run_dirs(root: Path):
     for p in sorted(root.rglob("seed*")):
-        if p.is_dir() and ((p / "metrics.json").exists() or (p / "alias.json").exists()
-                           or (p / "provenance.json").exists()):
+        if p.is_dir() and ((p / METRICS).exists() or (p / ALIAS).exists()
+                           or (p / PROVENANCE).exists()):
             yield p
 
 
@@ -42,8 +44,8 @@ def resolve_alias(run_dir: str | Path) -> Path:
     ``alias.json`` stores the target relative to the results root (:func:`ltkit.layout.root_of`).
     """
     p = Path(run_dir)
-    if (p / "alias.json").exists() and not (p / "metrics.json").exists():
-        return root_of(p) / read_json(p / "alias.json")["alias_of"]
+    if (p / ALIAS).exists() and not (p / METRICS).exists():
+        return root_of(p) / read_json(p / ALIAS)["alias_of"]
     return p
 
 
@@ -72,15 +74,16 @@ def collect(root: str | Path) -> pd.DataFrame:
         elif metrics is not None:
             row["status"] = "done"
         else:
-            prov = _safe_json(d / "provenance.json")
+            prov = _safe_json(d / PROVENANCE)
             row["status"] = prov.get("status", "missing") if prov else "missing"
             row["error"] = prov.get("error") if prov else None
         if metrics:
             row.update(metrics)
-            prov = _safe_json(src / "provenance.json")
+            prov = _safe_json(src / PROVENANCE)
             if prov:
                 row["wall_seconds"] = prov.get("wall_seconds")
-                row["train_seconds"] = (prov.get("method_extra") or {}).get("train_seconds_total")
+                extra = prov.get("procedure_extra") or prov.get("method_extra") or {}  # (the latter: older runs)
+                row["train_seconds"] = extra.get("train_seconds_total")
                 row["device_name"] = prov.get("device_name")
                 row["git_commit"] = (prov.get("git") or {}).get("commit")
                 row["end"] = prov.get("end")
@@ -145,13 +148,13 @@ def mean_std_table(df: pd.DataFrame, index: list[str], metrics: dict[str, str], 
     95% interval over its test images (:func:`ltkit.stats.accuracy_ci`) (``<key>_ci_low/high`` in metrics.json), so a
     one-seed table still shows how wide a 38-image tail column is."""
     out = {}
-    for key, name in metrics.items():
-        if key not in df:
+    for col, name in metrics.items():
+        if col not in df:
             continue
-        g = df.groupby(index)[key]
+        g = df.groupby(index)[col]
         m, s, n = g.mean() * scale, g.std(ddof=1) * scale, g.count()
-        lo = df.groupby(index)[f"{key}_ci_low"].first() * scale if f"{key}_ci_low" in df else None
-        hi = df.groupby(index)[f"{key}_ci_high"].first() * scale if f"{key}_ci_high" in df else None
+        lo = df.groupby(index)[f"{col}_ci_low"].first() * scale if f"{col}_ci_low" in df else None
+        hi = df.groupby(index)[f"{col}_ci_high"].first() * scale if f"{col}_ci_high" in df else None
         cells = []
         for grp, a, b, c in zip(m.index, m, s, n, strict=True):
             if not (c > 1 and np.isfinite(b)) and lo is not None and hi is not None \
@@ -329,7 +332,7 @@ def against_published(df: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
     larger than our seed std (or than 0.5 points with a single seed); ``investigate``:
     larger than 1.5 points for a same-recipe (cao2019) number.
     """
-    best = "balanced.top1_best_epoch_on_test"
+    best = BEST_EPOCH_ON_TEST
     rows = []
     for (data, method), g in df.groupby(["data", "method"]):
         name = PUBLISHED_NAMES.get(method, method)
@@ -337,7 +340,7 @@ def against_published(df: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
             tag = f"{p['dataset'].removesuffix('_lt')}_exp{int(p['imbalance_factor'])}"
             if tag != data:
                 continue
-            last, bot = g["balanced.top1"] * 100, (g[best] * 100 if best in g else pd.Series(dtype=float))
+            last, bot = g[HEADLINE] * 100, (g[best] * 100 if best in g else pd.Series(dtype=float))
             spread = float(bot.std(ddof=1)) if len(bot) > 1 else float("nan")
             diff = float(bot.mean() - p["top1_percent"]) if len(bot) else float("nan")
             recipe = str(p["recipe_note"]).split()[0]

@@ -40,9 +40,10 @@ import numpy as np
 from . import __version__
 from .envlock import lock_status
 from .io import atomic_write_bytes, atomic_write_csv, atomic_write_json, read_json
-from .layout import REPO, root_of
+from .layout import ALIAS, COMPLETE, METRICS, PROVENANCE, REPO, root_of
+from .metrics import EPOCHS, HEADLINE, SELECTED_EPOCH
 
-REQUIRED_METRICS = {"balanced.top1": float, "selected_epoch": int, "epochs": int}
+REQUIRED_METRICS = {HEADLINE: float, SELECTED_EPOCH: int, EPOCHS: int}
 
 
 class Status(StrEnum):
@@ -92,7 +93,7 @@ def validate_metrics(d: Any) -> dict:
 
 def load_metrics(run_dir: str | Path) -> dict | None:
     """The run's metrics if it finished and they validate, else None."""
-    path = Path(run_dir) / "metrics.json"
+    path = Path(run_dir) / METRICS
     if not path.exists():
         return None
     try:
@@ -150,7 +151,9 @@ def environment() -> dict[str, Any]:
 
 
 def provenance(cfg, start: str, wall: float, status: str = "finished", error: str | None = None) -> dict[str, Any]:
-    return {"parameters": cfg.to_dict(), "run_path": cfg.run_path(), "fingerprint": cfg.fingerprint(),
+    # what the run is, in the study's words: its method (name), loss, procedure and stage
+    run = {"method": cfg.method, "loss": cfg.loss, "procedure": cfg.procedure, "stage": cfg.stage, "stage1": cfg.stage1}
+    return {"run": run, "parameters": cfg.to_dict(), "run_path": cfg.run_path(), "fingerprint": cfg.fingerprint(),
             "command": os.environ.get("LTKIT_COMMAND") or " ".join(sys.argv), "start": start, "end": now(),
             "wall_seconds": round(wall, 2), "status": status, "error": error,
             "deterministic": cfg.deterministic, **environment()}
@@ -168,27 +171,29 @@ def write_run(out_dir: str | Path, result, start: str, wall: float) -> Path:
     atomic_write_bytes(out / "predictions.npz", buf.getvalue())
     extra = {k: (v.to_dict(orient="list") if hasattr(v, "to_dict") else v) for k, v in result.extra.items()}
     prov = provenance(result.config, start, wall)
+    if "packed_with" in result.extra:  # trained as one packed model with these runs (ltkit.packed)
+        prov["run"]["packed"] = {"with": result.extra["packed_with"], "size": result.extra["pack_size"]}
     prov["dataset"] = result.dataset | {"classes": None}
-    prov["method_extra"] = extra
-    atomic_write_json(out / "provenance.json", prov)
-    atomic_write_json(out / "metrics.json", validate_metrics(result.metrics))
+    prov["procedure_extra"] = extra
+    atomic_write_json(out / PROVENANCE, prov)
+    atomic_write_json(out / METRICS, validate_metrics(result.metrics))
     return out
 
 
 def record_failure(out_dir: str | Path, cfg, start: str, wall: float, error: str) -> None:
     """Keep what a failed run says about itself; metrics.json is never written for it."""
-    atomic_write_json(Path(out_dir) / "provenance.json", provenance(cfg, start, wall, status="failed", error=error))
+    atomic_write_json(Path(out_dir) / PROVENANCE, provenance(cfg, start, wall, status="failed", error=error))
 
 
 def write_alias(out_dir: str | Path, cfg, target_path: str, reason: str, target_fingerprint: str) -> None:
-    atomic_write_json(Path(out_dir) / "alias.json", {"alias_of": target_path, "reason": reason,
+    atomic_write_json(Path(out_dir) / ALIAS, {"alias_of": target_path, "reason": reason,
                                                      "parameters": cfg.to_dict(), "fingerprint": cfg.fingerprint(),
                                                      "target_fingerprint": target_fingerprint, "written": now()})
 
 
 def mark_complete(run_dir: str | Path, fingerprint: str) -> None:
     """The last write of a finished run: every other file is in place."""
-    atomic_write_json(Path(run_dir) / "complete.json", {"fingerprint": fingerprint, "completed": now()})
+    atomic_write_json(Path(run_dir) / COMPLETE, {"fingerprint": fingerprint, "completed": now()})
 
 
 def _fingerprint_of(path: Path) -> str | None:
@@ -206,10 +211,10 @@ def run_status(run_dir: str | Path, fingerprint: str | None = None) -> Status:
     while the CE run it points to is done with the fingerprint the alias recorded.
     """
     run_dir = Path(run_dir)
-    if (run_dir / "complete.json").exists() and load_metrics(run_dir) is not None:
-        done_fp = _fingerprint_of(run_dir / "complete.json")
+    if (run_dir / COMPLETE).exists() and load_metrics(run_dir) is not None:
+        done_fp = _fingerprint_of(run_dir / COMPLETE)
         return Status.STALE if fingerprint is not None and done_fp != fingerprint else Status.DONE
-    alias = run_dir / "alias.json"
+    alias = run_dir / ALIAS
     if alias.exists():
         try:
             a = read_json(alias)
@@ -219,7 +224,7 @@ def run_status(run_dir: str | Path, fingerprint: str | None = None) -> Status:
             return Status.STALE
         target = root_of(run_dir) / a.get("alias_of", "")
         return Status.ALIAS if run_status(target, a.get("target_fingerprint")) == Status.DONE else Status.ALIAS_PENDING
-    prov = run_dir / "provenance.json"
+    prov = run_dir / PROVENANCE
     if prov.exists():
         try:
             if read_json(prov).get("status") == "failed":

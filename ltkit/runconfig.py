@@ -47,11 +47,17 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunConfig:
+    """One run. Its *method* (the name the study gives it, its folder in ``results/``) is made of a
+    *loss* (what stage one trains with, ``ltkit.losses``), a *procedure* (how the model is obtained:
+    ``train``, ``two_expert``, or a stage-two procedure such as ``crt`` that starts from the
+    stage-one run named by ``stage1``; ``ltkit.procedures``) and the sampler and classifier."""
+
     protocol: str = "thesis"
     dataset: str = "cifar100"
     model: str = "resnet50"
+    method: str | None = None  # the run's name in results/ (default: the loss, or the procedure if not 'train')
     loss: str = "ce"
-    label: str | None = None  # name of the method in results/ (defaults to loss)
+    procedure: str = "train"
     seed: int = 42
     split_seed: int = 42
     imb_factor: float = 100.0
@@ -72,12 +78,13 @@ class RunConfig:
     normalization: str | None = None  # recipe: the protocol's published constants; dataset: the data's own
     classifier: str | None = None  # linear or cosine (Cao et al.'s normed classifier; LDAM's default)
     loss_params: dict = field(default_factory=dict)
+    procedure_params: dict = field(default_factory=dict)  # e.g. tau, lr, augment, head_fraction
     model_params: dict = field(default_factory=dict)
     source_params: dict = field(default_factory=dict)
     select: str | None = None
     track_test: bool | None = None
     val_per_class: int = 20
-    stage1: str | None = None  # label of the stage-one run a stage-two method starts from
+    stage1: str | None = None  # the method of the stage-one run a stage-two procedure starts from
     stage2_epochs: int = 10
     device: str = "auto"
     compile: str = "auto"
@@ -88,9 +95,14 @@ class RunConfig:
     bootstrap: int = 1000
     tensorboard: bool = False  # per-epoch scalars in <checkpoint dir>/tensorboard (needs the tensorboard package)
 
+    def __post_init__(self) -> None:
+        if self.method is None:
+            self.method = self.loss if self.procedure == "train" else self.procedure
+
     @property
-    def name(self) -> str:
-        return self.label or self.loss
+    def stage(self) -> int:
+        """2 for a procedure that starts from a stage-one run's checkpoint, else 1."""
+        return 2 if self.stage1 else 1
 
     def data_tag(self) -> str:
         if self.protocol == "natural":  # the data's own imbalance: name it after its folder
@@ -102,7 +114,7 @@ class RunConfig:
 
     def run_path(self) -> str:
         """``<protocol>/<dataset tag>/<model>/<method>/seed<k>``: where the run's files live."""
-        return run_path(self.protocol, self.data_tag(), self.model, self.name, self.seed)
+        return run_path(self.protocol, self.data_tag(), self.model, self.method, self.seed)
 
     def stage1_path(self) -> str | None:
         """The run path of the stage-one run this run starts from (None for a stage-one run)."""

@@ -27,7 +27,7 @@ from torch import nn
 
 from .engine import Context, Fitted, make_optimizer, maybe_compile
 from .io import atomic_torch_save, atomic_write_json
-from .layout import LAST, PROGRESS
+from .layout import FINAL, LAST, PROGRESS
 from .loader import augment, batches, epoch_indices
 from .losses import create_loss
 from .metrics import balanced_top1, top1
@@ -140,7 +140,7 @@ def train_one_epoch(ctx: Context, model: nn.Module, fwd: nn.Module, loss_fn: nn.
         seen += len(idx)
     bad_step = int(first_bad)  # the epoch's host syncs: this, the state check and the loss
     train_seconds = time.perf_counter() - t0
-    where = f"({cfg.model}/{cfg.name}, lr {lr_at(cfg, epoch):g})"
+    where = f"({cfg.model}/{cfg.method}, lr {lr_at(cfg, epoch):g})"
     if bad_step >= 0:
         raise NonFiniteLoss(f"non-finite training loss at epoch {epoch}, step {bad_step} {where}; the run stops here")
     bad_state = _non_finite_state(model)
@@ -209,7 +209,7 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
         start, history, best, launch = _resume(last, cfg, model, opt)
     gen = torch.Generator(device=device)
     tb = _tensorboard(cfg, ckpt_dir, start)
-    bar = tqdm(range(start, cfg.epochs), desc=f"{cfg.model}/{cfg.name}/seed{cfg.seed}", disable=not progress,
+    bar = tqdm(range(start, cfg.epochs), desc=f"{cfg.model}/{cfg.method}/seed{cfg.seed}", disable=not progress,
                initial=start, total=cfg.epochs, unit="epoch")
     for epoch in bar:
         t0 = time.perf_counter()
@@ -251,3 +251,9 @@ def _resume(path: Path, cfg: RunConfig, model: nn.Module, opt: torch.optim.Optim
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["opt"])
     return ck["epoch"], ck["history"], ck["best"], ck.get("launch", 1) + 1
+
+
+def save_final(ckpt_dir: Path, cfg: RunConfig, model: nn.Module) -> None:
+    """``final.pt``: a finished stage-one run's selected weights, what its stage-two runs start from."""
+    atomic_torch_save(ckpt_dir / FINAL, {"model": model.state_dict(), "model_name": cfg.model,
+                                         "fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})

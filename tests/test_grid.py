@@ -57,11 +57,11 @@ def test_dedupe_on_balanced_data(tmp_path):
     s = spec(tmp_path, methods=["ce", "wce", "cb", "bs", "seql", "focal", "ldam"])
     s["base"]["imb_factor"] = 1
     g = grid_from_spec(s)
-    aliased = {cfg.name for cfg, _, t in plan(g) if t is not None}
+    aliased = {cfg.method for cfg, _, t in plan(g) if t is not None}
     assert aliased == {"wce", "cb", "bs", "seql"}
     s["base"]["imb_factor"] = 5
     # long-tailed counts: only SEQL, whose rarest class here is still above lambda, stays CE
-    assert {cfg.name for cfg, _, t in plan(grid_from_spec(s)) if t is not None} == {"seql"}
+    assert {cfg.method for cfg, _, t in plan(grid_from_spec(s)) if t is not None} == {"seql"}
     assert not any(t is not None for _, _, t in plan(g, dedupe=False))
 
 
@@ -77,9 +77,9 @@ def test_run_lock_excludes_second_holder(tmp_path):
 @pytest.mark.slow
 def test_grid_end_to_end_through_papermill(tmp_path):
     """Runs, skips finished runs, aliases CE twins, records a failure and carries on."""
-    s = spec(tmp_path, methods=["ce", "wce", {"label": "boom", "loss": "ce", "lr": 1e30, "optimizer": "sgd"},
-                                {"label": "la_posthoc", "loss": "la_posthoc", "stage1": "ce",
-                                 "loss_params": {"tau": 1.0}}])
+    s = spec(tmp_path, methods=["ce", "wce", {"method": "boom", "loss": "ce", "lr": 1e30, "optimizer": "sgd"},
+                                {"procedure": "la_posthoc", "stage1": "ce",
+                                 "procedure_params": {"tau": 1.0}}])
     s["base"]["imb_factor"] = 1  # wce is then CE by construction
     path = grid_file(tmp_path, s)
     g = load_grid(path)
@@ -216,7 +216,7 @@ echo "Submitted batch job $n"
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")  # submitit only checks that it exists
     (bin_dir / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    s = spec(tmp_path, methods=["ce", "bs", {"label": "la_posthoc", "loss": "la_posthoc", "stage1": "ce"}],
+    s = spec(tmp_path, methods=["ce", "bs", {"procedure": "la_posthoc", "stage1": "ce"}],
              seeds=[0, 1], slurm={"partition": "gpu", "timeout_min": 90, "array_parallelism": 3, "mem_gb": 20})
     path = grid_file(tmp_path, s)
     g = load_grid(path)
@@ -267,7 +267,7 @@ def test_force_trains_afresh_and_keeps_the_old_result_aside(tmp_path):
 def test_two_grid_commands_on_one_results_folder_train_each_run_once(tmp_path):
     import pandas as pd
 
-    s = spec(tmp_path, methods=["ce", "focal", "ldam", {"label": "focal2", "loss": "focal", "loss_params": {"gamma": 2}}])
+    s = spec(tmp_path, methods=["ce", "focal", "ldam", {"method": "focal2", "loss": "focal", "loss_params": {"gamma": 2}}])
     path = grid_file(tmp_path, s)
     g = load_grid(path)
     cmd = [sys.executable, "-m", "ltkit.cli", "grid", "run", str(path)]

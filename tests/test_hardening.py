@@ -67,7 +67,7 @@ def test_checkpoint_with_a_pickle_payload_never_runs(tiny_cfg, tmp_path):
     with open(s1 / "final.pt", "wb") as fh:
         pickle.dump({"evil": _Payload(str(marker))}, fh)
     with pytest.raises(RuntimeError, match="unreadable stage-one checkpoint"):
-        run({**tiny_cfg, "loss": "la_posthoc", "stage1": "ce"}, ckpt_dir=tmp_path / "lap" / "seed0", progress=False)
+        run({**tiny_cfg, "procedure": "la_posthoc", "stage1": "ce"}, ckpt_dir=tmp_path / "lap" / "seed0", progress=False)
     assert not marker.exists()
 
 
@@ -246,7 +246,7 @@ def test_no_alias_to_a_ce_run_with_another_configuration(tmp_path):
 def test_stage_one_checkpoint_of_another_configuration_is_refused(tmp_path):
     from ltkit.grid import _stage1_problem
 
-    s = spec(tmp_path, methods=["ce", {"label": "lap", "loss": "la_posthoc", "stage1": "ce"}])
+    s = spec(tmp_path, methods=["ce", {"method": "lap", "procedure": "la_posthoc", "stage1": "ce"}])
     g = grid_from_spec(s)
     other = make_config({**g.runs[0].to_dict(), "lr": 0.5})
     ck = g.ckpt_dir(g.runs[0])
@@ -269,13 +269,14 @@ def test_stage_one_checkpoint_of_another_configuration_is_refused(tmp_path):
 def test_finite_divergence_is_caught(tiny_cfg, monkeypatch):
     import ltkit.train as tr
     from ltkit.models import create_model
+    from ltkit.pipeline import run
 
     m = create_model("tiny_cnn", 4)
     m.features[0][1].running_var.fill_(float("inf"))
     assert tr._non_finite_state(m) == ["features.0.1.running_var"]
     monkeypatch.setattr(tr, "DIVERGED_LOSS", 1e-9)
     with pytest.raises(tr.NonFiniteLoss, match="diverged at epoch 0: mean loss"):
-        tr.run(tiny_cfg, progress=False)
+        run(tiny_cfg, progress=False)
 
 
 # --------------------------------------------------------------------------- bad input: one clear line
@@ -452,7 +453,7 @@ def test_alias_of_a_failed_or_edited_ce_run_is_not_shown_as_done(tmp_path):
 
     cfg = make_config({"protocol": "cao2019", "dataset": "synthetic", "model": "tiny_cnn", "loss": "wce", "seed": 0,
                        "imb_factor": 1})
-    ce_cfg = make_config({**cfg.to_dict(), "loss": "ce", "label": None})
+    ce_cfg = make_config({**cfg.to_dict(), "loss": "ce", "method": None})
     root = tmp_path / "res"
     ce_dir, alias_dir = root / ce_cfg.run_path(), root / cfg.run_path()
     write_alias(alias_dir, cfg, ce_cfg.run_path(), "test", ce_cfg.fingerprint())

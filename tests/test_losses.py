@@ -95,7 +95,7 @@ def test_unknown_loss_lists_valid():
 
 
 def test_frequency_halves_split_by_count():
-    from ltkit.methods import frequency_halves
+    from ltkit.procedures import frequency_halves
 
     counts = np.array([5, 50, 7, 300, 20, 1])
     head, tail = frequency_halves(counts)
@@ -119,7 +119,7 @@ def test_restrict_classes_renumbers_labels_and_counts():
 
 
 def test_two_expert_combines_standardised_logits():
-    from ltkit.methods import TwoExpert, standardise
+    from ltkit.procedures import TwoExpert, standardise
 
     class Fixed(torch.nn.Module):
         def __init__(self, out):
@@ -142,7 +142,7 @@ def test_two_expert_combines_standardised_logits():
 def test_two_expert_run_trains_two_resumable_experts(tmp_path):
     from ltkit.pipeline import run
 
-    cfg = dict(protocol="cao2019", dataset="synthetic", model="tiny_cnn", loss="two_expert", epochs=2, bootstrap=20,
+    cfg = dict(protocol="cao2019", dataset="synthetic", model="tiny_cnn", procedure="two_expert", epochs=2, bootstrap=20,
                imb_factor=20, source_params={"num_classes": 6, "train_per_class": 60, "test_per_class": 10})
     r = run(cfg, ckpt_dir=tmp_path, progress=False)
     assert r.metrics["trainings"] == 2 and r.extra["train_seconds_total"] > 0

@@ -17,14 +17,16 @@ PKG = Path(__file__).resolve().parent.parent / "ltkit"
 LAYERS = [
     ["registry", "io", "layout", "stats"],                   # no ltkit imports
     ["runconfig", "splits", "envlock"],                      # plain data: a run's settings, the split arithmetic
-    ["folder", "loader", "losses", "models", "metrics", "results"],  # building blocks and the results folder
-    ["data"],                                                # sources and protocols -> LTDataset
+    ["folder", "loader", "losses", "models", "metrics"],     # building blocks
+    ["data", "results"],                                     # sources and protocols -> LTDataset; a run's folder
     ["engine"],                                              # device, model, predict, features, evaluate
     ["train"],                                               # the stage-one loop
-    ["methods"],                                             # stage-two methods (and the two experts)
+    ["packed"],                                              # many small runs trained as one model
+    ["procedures"],                                          # how a model is obtained: train, two experts, stage two
     ["config"],                                              # make_config: a config checked against every registry
     ["pipeline"],                                            # run(config): one whole run
-    ["notebook", "grid"],                                    # what the notebook calls; the grid runner
+    ["notebook", "packrun"],                                 # what the notebook calls; a pack's process
+    ["grid"],                                                # the grid runner
     ["submit", "report"],                                    # Slurm / submitit; tables and figures for the book
     ["cli"],
 ]
@@ -59,3 +61,15 @@ def test_imports_point_down(module):
     level = {m: i for i, layer in enumerate(LAYERS) for m in layer}
     up = sorted(m for m in _imports(PKG / f"{module}.py") if level[m] >= level[module])
     assert not up, f"ltkit.{module} (layer {level[module]}) imports {up} from its own layer or above"
+
+
+def test_the_readme_lists_the_same_layers():
+    """The README's architecture section is this list, in this order (so neither can drift)."""
+    import re
+
+    text = (PKG.parent / "README.md").read_text()
+    section = text.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    items = re.split(r"\n\d+\. ", "\n1. " + section.split("\n1. ", 1)[1])[1:]
+    names = {m for layer in LAYERS for m in layer}
+    listed = [[w for w in re.findall(r"(?:^\s*|· )`(\w+)`", item, flags=re.M) if w in names] for item in items]
+    assert listed == LAYERS

@@ -10,8 +10,8 @@ import torch
 
 from ltkit.config import ConfigError, make_config
 from ltkit.loader import augment, epoch_indices
-from ltkit.methods import posthoc_adjust, tau_normalise
 from ltkit.pipeline import run
+from ltkit.procedures import posthoc_adjust, tau_normalise
 from ltkit.train import CheckpointMismatch, NonFiniteLoss
 
 
@@ -120,7 +120,17 @@ def test_posthoc_and_tau_norm_identities():
 @pytest.mark.parametrize("bad,match", [({"epochs": 0}, "'epochs': 0"), ({"loss": "cee"}, "accepted: .*bs"),
                                        ({"optimizer": "rmsprop"}, "adam, sgd"), ({"imb_factor": "x"}, "imb_factor"),
                                        ({"lossparams": {}}, "unknown parameter"),
-                                       ({"loss": "focal", "loss_params": {"gama": 1}}, "accepted: gamma")])
+                                       ({"loss": "focal", "loss_params": {"gama": 1}}, "accepted: gamma"),
+                                       # one word per thing: an old name or a procedure given as a loss is told so
+                                       ({"label": "x"}, "'label' is now 'method'"),
+                                       ({"loss": "crt"}, "'crt' is a procedure, not a loss: write procedure: crt "
+                                                         r"\(with stage1"),
+                                       ({"procedure": "crt"}, "needs 'stage1'"),
+                                       ({"procedure": "two_expert", "stage1": "ce"}, "'stage1'.*null for procedure"),
+                                       ({"procedure": "la_posthoc", "stage1": "ce", "loss_params": {"tau": 1}},
+                                        "bad key 'tau' in loss_params"),
+                                       ({"procedure": "la_posthoc", "stage1": "ce", "procedure_params": {"tua": 1}},
+                                        "accepted: tau")])
 def test_config_errors_name_value_and_accepted(bad, match):
     with pytest.raises(ConfigError, match=match):
         make_config({"protocol": "cao2019", "dataset": "synthetic", "model": "tiny_cnn", **bad})
@@ -171,7 +181,7 @@ def test_crt_keeps_the_backbone_and_retrains_only_the_classifier(tiny_cfg, tmp_p
     from ltkit.models import get_classifier
 
     cfg, stage1, clf1 = _stage_one(tiny_cfg, tmp_path)
-    r = run({**cfg, "loss": "crt", "stage1": "ce", "stage2_epochs": 2}, ckpt_dir=tmp_path / "crt" / "seed0",
+    r = run({**cfg, "procedure": "crt", "stage1": "ce", "stage2_epochs": 2}, ckpt_dir=tmp_path / "crt" / "seed0",
             progress=False, keep_model=True)
     clf2 = get_classifier(r.model, "tiny_cnn")
     s1, s2 = stage1.state_dict(), r.model.state_dict()
@@ -188,7 +198,7 @@ def test_lws_learns_only_one_scale_per_class(tiny_cfg, tmp_path):
     from ltkit.models import get_classifier
 
     cfg, stage1, clf1 = _stage_one(tiny_cfg, tmp_path)
-    r = run({**cfg, "loss": "lws", "stage1": "ce", "stage2_epochs": 2}, ckpt_dir=tmp_path / "lws" / "seed0",
+    r = run({**cfg, "procedure": "lws", "stage1": "ce", "stage2_epochs": 2}, ckpt_dir=tmp_path / "lws" / "seed0",
             progress=False, keep_model=True)
     head = get_classifier(r.model, "tiny_cnn")
     assert torch.equal(head.clf.weight, clf1.weight) and torch.equal(head.clf.bias, clf1.bias)  # frozen
@@ -238,14 +248,27 @@ def test_pretrained_weights_are_pinned_tags():
 
 def test_crt_on_augmented_images_is_kangs_default_for_cao2019(tiny_cfg, tmp_path):
     cfg, _, _ = _stage_one(tiny_cfg, tmp_path)
-    aug = run({**cfg, "loss": "crt", "stage1": "ce", "stage2_epochs": 2}, ckpt_dir=tmp_path / "crt" / "seed0",
+    aug = run({**cfg, "procedure": "crt", "stage1": "ce", "stage2_epochs": 2}, ckpt_dir=tmp_path / "crt" / "seed0",
               progress=False, keep_model=True)
-    cached = run({**cfg, "loss": "crt", "stage1": "ce", "stage2_epochs": 2, "loss_params": {"augment": False}},
+    cached = run({**cfg, "procedure": "crt", "stage1": "ce", "stage2_epochs": 2, "procedure_params": {"augment": False}},
                  ckpt_dir=tmp_path / "crt" / "seed0", progress=False, keep_model=True)
     assert aug.extra["features"].startswith("augmented") and cached.extra["features"].startswith("cached")
     assert not torch.equal(aug.model.fc.weight, cached.model.fc.weight)
-    again = run({**cfg, "loss": "crt", "stage1": "ce", "stage2_epochs": 2}, ckpt_dir=tmp_path / "crt" / "seed0",
+    again = run({**cfg, "procedure": "crt", "stage1": "ce", "stage2_epochs": 2}, ckpt_dir=tmp_path / "crt" / "seed0",
                 progress=False, keep_model=True)
     assert torch.equal(aug.model.fc.weight, again.model.fc.weight)  # the augmentation draws are seeded
-    with pytest.raises(ConfigError, match="loss_params.augment.*true or false"):
-        make_config({**cfg, "loss": "crt", "stage1": "ce", "loss_params": {"augment": 1}})
+    with pytest.raises(ConfigError, match="procedure_params.augment.*true or false"):
+        make_config({**cfg, "procedure": "crt", "stage1": "ce", "procedure_params": {"augment": 1}})
+
+
+def test_a_run_names_its_method_loss_procedure_and_stage(tmp_path, tiny_cfg):
+    """The results say, in the study's words, what a run is (provenance 'run')."""
+    from ltkit.results import write_run
+
+    r = run({**tiny_cfg, "method": "ce_sq", "sampler": "sqrt"}, progress=False)
+    assert r.config.run_path().split("/")[3] == "ce_sq"
+    write_run(tmp_path, r, "start", 1.0)
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert prov["run"] == {"method": "ce_sq", "loss": "ce", "procedure": "train", "stage": 1, "stage1": None}
+    assert make_config({**tiny_cfg, "procedure": "crt", "stage1": "ce"}).stage == 2
+    assert make_config({**tiny_cfg, "procedure": "two_expert"}).method == "two_expert"

@@ -1,16 +1,22 @@
-"""Stage-two methods that start from a trained stage-one model (``STAGE2`` registry).
+"""How a run obtains its model (``PROCEDURES`` registry), each one function returning a :class:`Fitted`.
+
+Stage one (trains from the data with the run's loss):
+
+* ``train``: the stage-one loop of :mod:`ltkit.train` (every plain run);
+* ``two_expert``: one model for the frequent half of the classes and one for the rare half, combined by
+  standardised logits (the sibling report's head/tail split); costs two trainings.
+
+Stage two (starts from the stage-one run named by ``stage1``, same grid and seed, reading its ``final.pt``):
 
 * ``la_posthoc``: post-hoc logit adjustment, z_j - tau * log pi_j (Menon et al. 2021, Eq. 8);
 * ``tau_norm``: classifier weights w_j / ||w_j||^tau (Kang et al. 2020, Eq. 5);
 * ``crt``: classifier re-training on frozen features with class-balanced sampling (Kang et al. 2020);
-* ``lws``: learnable weight scaling, logits_j = f_j * (w_j . x + b_j), only f trained (Kang et al. 2020);
-* ``two_expert``: one model for the frequent half of the classes and one for the rare half, combined by
-  standardised logits (the sibling report's head/tail split); needs no stage one, costs two trainings.
+* ``lws``: learnable weight scaling, logits_j = f_j * (w_j . x + b_j), only f trained (Kang et al. 2020).
 
 tau (for ``la_posthoc`` and ``tau_norm``) is chosen on the validation split by
-balanced accuracy; the test split is only read for the final evaluation.
-A stage-two run names its stage-one run with ``stage1`` (a label in the same
-grid, same seed) and reads that run's ``final.pt`` checkpoint.
+balanced accuracy; the test split is only read for the final evaluation. A
+procedure's own parameters (tau, lr, augment, head_fraction) are the config's
+``procedure_params``, checked against the function's signature.
 """
 
 from __future__ import annotations
@@ -33,33 +39,44 @@ from .loader import augment, epoch_indices
 from .metrics import balanced_top1
 from .models import get_classifier, set_classifier
 from .registry import Registry
-from .train import train_model
+from .train import save_final, train_model
 
 
 @dataclass(frozen=True)
-class MethodSpec:
-    """``paper``: where the method comes from; ``needs_stage1``: it starts from a trained stage-one
-    run's checkpoint (named by the config's ``stage1``); ``trainings``: the full trainings it costs itself."""
+class ProcedureSpec:
+    """``stage``: 1 trains from the data, 2 starts from a stage-one run's checkpoint (the config's
+    ``stage1``); ``trainings``: the full trainings it costs itself (its cost column in the book);
+    ``paper``: where it comes from."""
 
+    stage: int
+    trainings: int
     paper: str
-    needs_stage1: bool = True
-    trainings: int = 0
 
 
-STAGE2: Registry[MethodSpec] = Registry("stage-two method", MethodSpec)
+PROCEDURES: Registry[ProcedureSpec] = Registry("procedure", ProcedureSpec)
+
+
+@PROCEDURES.register("train", stage=1, trainings=1, paper="the recipe of the run's protocol")
+def train(ctx: Context, ckpt_dir: Path | None, progress: bool = True) -> Fitted:
+    """Stage one: train the run's model with its loss; ``final.pt`` is what stage-two runs start from."""
+    cfg = ctx.cfg
+    fitted = train_model(ctx, build_model(cfg, ctx.ds.num_classes).to(ctx.device), ckpt_dir, progress)
+    if ckpt_dir is not None:
+        save_final(ckpt_dir, cfg, fitted.model)
+    return fitted
 TAU_GRID = tuple(np.round(np.arange(0.0, 2.01, 0.1), 2))
 
 
 def stage1_dir(ckpt_dir: Path | None, cfg) -> Path:
     if ckpt_dir is None:
-        raise RuntimeError(f"{cfg.loss} needs the stage-one checkpoint of {cfg.stage1!r}; run it with a checkpoint dir")
+        raise RuntimeError(f"{cfg.procedure} needs the stage-one checkpoint of {cfg.stage1!r}; run it with a checkpoint dir")
     return sibling_dir(ckpt_dir, cfg.stage1)
 
 
 def load_stage1(ctx: Context, ckpt_dir: Path | None) -> nn.Module:
     path = stage1_dir(ckpt_dir, ctx.cfg) / FINAL
     if not path.exists():
-        raise FileNotFoundError(f"{ctx.cfg.loss}: stage-one checkpoint {path} is missing; run {ctx.cfg.stage1!r} first")
+        raise FileNotFoundError(f"{ctx.cfg.procedure}: stage-one checkpoint {path} is missing; run {ctx.cfg.stage1!r} first")
     try:  # tensors and plain types only: loading a checkpoint never runs code
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -81,8 +98,8 @@ def _log_prior(ctx) -> torch.Tensor:
 
 def _need_val(ctx) -> None:
     if ctx.val is None:
-        raise RuntimeError(f"{ctx.cfg.loss}: choosing tau needs a validation split and this data has none "
-                           "(balanced cao2019 data leaves no unused images); pass loss_params: {tau: ...}")
+        raise RuntimeError(f"{ctx.cfg.procedure}: choosing tau needs a validation split and this data has none "
+                           "(balanced cao2019 data leaves no unused images); pass procedure_params: {tau: ...}")
 
 
 def _pick_tau(ctx, score) -> tuple[float, pd.DataFrame]:
@@ -109,8 +126,8 @@ def _fitted(model: nn.Module, rows: list[dict[str, Any]], **extra: Any) -> Fitte
     return Fitted(model, pd.DataFrame(rows), len(rows) - 1, extra, logit_fn)
 
 
-@STAGE2.register("la_posthoc", paper="Menon et al. 2021, Eq. 8")
-def la_posthoc(ctx, ckpt_dir: Path | None, tau: float | None = None):
+@PROCEDURES.register("la_posthoc", stage=2, trainings=0, paper="Menon et al. 2021, Eq. 8")
+def la_posthoc(ctx, ckpt_dir: Path | None, progress: bool = True, tau: float | None = None):
     model = load_stage1(ctx, ckpt_dir)
     lp = _log_prior(ctx)
     table = None
@@ -129,8 +146,8 @@ def _linear_weight(model: nn.Module, name: str) -> nn.Module:
     return clf
 
 
-@STAGE2.register("tau_norm", paper="Kang et al. 2020, Eq. 5")
-def tau_norm(ctx, ckpt_dir: Path | None, tau: float | None = None):
+@PROCEDURES.register("tau_norm", stage=2, trainings=0, paper="Kang et al. 2020, Eq. 5")
+def tau_norm(ctx, ckpt_dir: Path | None, progress: bool = True, tau: float | None = None):
     model = load_stage1(ctx, ckpt_dir)
     clf = _linear_weight(model, ctx.cfg.model)
     w0, b0 = clf.weight.detach().clone(), None if clf.bias is None else clf.bias.detach().clone()
@@ -207,8 +224,8 @@ def _train_head(ctx, features, head: nn.Module, params, epochs: int, lr: float) 
     return rows
 
 
-@STAGE2.register("crt", paper="Kang et al. 2020 (cRT)")
-def crt(ctx, ckpt_dir: Path | None, lr: float = 0.1, augment: bool | None = None):
+@PROCEDURES.register("crt", stage=2, trainings=0, paper="Kang et al. 2020 (cRT)")
+def crt(ctx, ckpt_dir: Path | None, progress: bool = True, lr: float = 0.1, augment: bool | None = None):
     """Classifier re-training: a fresh classifier on the frozen stage-one backbone, class-balanced sampling."""
     model = load_stage1(ctx, ckpt_dir)
     features, how = _feature_source(ctx, model, augment)
@@ -230,8 +247,8 @@ class _Scaled(nn.Module):
         return self.clf(x) * self.scale
 
 
-@STAGE2.register("lws", paper="Kang et al. 2020 (LWS)")
-def lws(ctx, ckpt_dir: Path | None, lr: float = 0.1, augment: bool | None = None):
+@PROCEDURES.register("lws", stage=2, trainings=0, paper="Kang et al. 2020 (LWS)")
+def lws(ctx, ckpt_dir: Path | None, progress: bool = True, lr: float = 0.1, augment: bool | None = None):
     """Learnable weight scaling: one scale f_j per class on the frozen classifier."""
     model = load_stage1(ctx, ckpt_dir)
     features, how = _feature_source(ctx, model, augment)
@@ -283,21 +300,21 @@ class TwoExpert(nn.Module):
         return out
 
 
-@STAGE2.register("two_expert", paper="head / tail experts (sibling report)", needs_stage1=False, trainings=2)
-def two_expert(ctx, ckpt_dir: Path | None, head_fraction: float = 0.5):
-    """Train a head expert and a tail expert (softmax CE each, same recipe as a stage-one run) and
+@PROCEDURES.register("two_expert", stage=1, trainings=2, paper="head / tail experts (the sibling report)")
+def two_expert(ctx, ckpt_dir: Path | None, progress: bool = True, head_fraction: float = 0.5):
+    """Train a head expert and a tail expert (the run's loss each, same recipe as a stage-one run) and
     combine them. Within each half the imbalance factor is roughly the square root of the whole's,
     which is the idea; the price is two trainings, recorded in the run's metrics."""
     cfg = ctx.cfg
     halves = frequency_halves(ctx.ds.train_counts, head_fraction)
     experts, histories, selected = [], [], []
     for name, keep in zip(("head", "tail"), halves, strict=True):
-        # softmax CE with the run's recipe (classifier, schedule and sampler as configured)
-        expert_cfg = dataclasses.replace(cfg, loss="ce", label=f"{cfg.name}_{name}", loss_params={}, stage1=None)
+        # a plain stage-one run on its own classes (loss, classifier, schedule and sampler as configured)
+        expert_cfg = dataclasses.replace(cfg, method=f"{cfg.method}_{name}", procedure="train", procedure_params={})
         sub = restrict_classes(ctx.ds, keep)
         sub_ctx = make_context(expert_cfg, sub, ctx.device)
         model = build_model(expert_cfg, sub.num_classes).to(ctx.device)
-        fit = train_model(sub_ctx, model, None if ckpt_dir is None else ckpt_dir / name, progress=True)
+        fit = train_model(sub_ctx, model, None if ckpt_dir is None else ckpt_dir / name, progress=progress)
         experts.append(model.eval())
         selected.append(fit.selected_epoch)
         # an expert's validation / test accuracy is over its own classes only: keep it, under a name
