@@ -1,4 +1,4 @@
-# ltkit: make setup | test | demo | run-all | bench | book | lock | clean
+# ltkit: make setup | test | demo | run-all | bench | book | publish | lock | clean
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 LTKIT  := $(VENV)/bin/ltkit
@@ -14,7 +14,7 @@ endif
 
 LOCK   := requirements.lock
 
-.PHONY: setup test demo run-all bench book lock clean clean-results lint
+.PHONY: setup test demo run-all bench book publish lock clean clean-results lint
 
 setup: $(VENV)/.installed
 
@@ -55,9 +55,13 @@ bench: setup
 	$(PY) benchmarks/throughput.py
 
 book: setup
-	@$(VENV)/bin/python -c "from ltkit.report import refresh_book_cache as r; r() and print('results changed: book pages re-execute')"
+	@$(VENV)/bin/python -c "from ltkit.report import prepare_book as p; p() and print('results changed: book pages re-execute')"
 	$(VENV)/bin/jupyter-book build book
 	@echo "open book/_build/html/index.html"
+
+# One step to GitHub Pages: the built HTML onto the gh-pages branch of `origin`, pushed.
+publish: book
+	$(PY) -m ghp_import --no-jekyll --push --force --message "book built from $$(git rev-parse --short HEAD)" book/_build/html
 
 clean:
 	rm -rf book/_build .pytest_cache .ruff_cache .hypothesis

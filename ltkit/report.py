@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .io import read_json, stat_digest
-from .layout import ALIAS, METRICS, PROVENANCE, REPO, default_results_root, parse_run_dir, root_of
+from .layout import ALIAS, EXECUTED_NOTEBOOK, METRICS, PROVENANCE, REPO, default_results_root, parse_run_dir, root_of
 from .metrics import BEST_EPOCH_ON_TEST, HEADLINE, key, relative_accuracy
 from .results import load_metrics
 from .stats import adjust_pvalues, bootstrap_difference, paired_difference, t_interval
@@ -293,6 +293,41 @@ def compare_to_baseline(df: pd.DataFrame, key: str, by: list[str], baseline: str
     return out
 
 
+def findings(df: pd.DataFrame, key: str = HEADLINE, scale: float = 100.0) -> list[str]:
+    """The study's headline findings as sentences, computed from finished runs (the landing page).
+
+    Per protocol and data set: the best (backbone, method) by the mean of ``key`` over seeds,
+    with its spread, beside plain CE on the same backbone and its paired difference
+    (:func:`compare_to_baseline`: BH-adjusted over the whole comparison). Empty without runs.
+    """
+    if not len(df) or key not in df:
+        return []
+    out = []
+    cmp = compare_to_baseline(df, key, ["protocol", "data", "model"])
+    for (protocol, data), g in df.groupby(["protocol", "data"]):
+        s = seed_summary(g, ["model", "method"], key, scale)
+        if not len(s):
+            continue
+        best = s.loc[s["mean"].idxmax()]
+        spread = (f"± {best['std']:.2f} over {int(best['n'])} seeds" if best["n"] > 1 else "1 seed")
+        text = (f"**{protocol}, {data}**: best is {best['method']} on {best['model']}, {best['mean']:.2f} % "
+                f"balanced top-1 ({spread})")
+        ce = s[(s["model"] == best["model"]) & (s["method"] == "ce")]
+        if best["method"] != "ce" and len(ce):
+            row = cmp[(cmp["protocol"] == protocol) & (cmp["data"] == data) & (cmp["model"] == best["model"])
+                      & (cmp["method"] == best["method"])] if len(cmp) else cmp
+            verdict = ""
+            if len(row):
+                r0 = row.iloc[0]
+                verdict = (f"; difference {r0['diff']:+.2f} points [{r0['low']:+.2f}, {r0['high']:+.2f}], "
+                           + ("significant" if r0["significant"] else "not significant") + " after BH adjustment")
+            text += f", against CE's {float(ce['mean'].iloc[0]):.2f} %{verdict}"
+        elif best["method"] == "ce":
+            text += "; no method beats plain CE here"
+        out.append(text + ".")
+    return out
+
+
 def _predictions(path: str, split: str):
     f = resolve_alias(path) / "predictions.npz"
     if not f.exists():
@@ -352,6 +387,42 @@ def against_published(df: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
                          "beyond_spread": bool(abs(diff) > (spread if np.isfinite(spread) else 0.5)),
                          "investigate": bool(recipe == "cao2019" and abs(diff) > INVESTIGATE_POINTS)})
     return pd.DataFrame(rows)
+
+
+# Reading order of methods in tables: the thesis's losses first, then the CIFAR-LT methods by family
+METHOD_ORDER = ["ce", "focal", "wce", "cb", "cb_reweighting", "cb_focal", "cb_best", "bs", "seql", "eql", "ldam",
+                "ce_drw", "ce_drs", "ldam_drw", "la", "la_loss", "la_posthoc", "ce_cbs", "cb_resampling", "ce_sqrt",
+                "ce_progressive", "crt", "tau_norm", "lws", "two_expert"]
+DATASET_NAMES = {"cifar100_lt": "CIFAR-100-LT", "cifar10_lt": "CIFAR-10-LT"}
+
+
+def method_order(methods) -> list[str]:
+    """``methods`` in :data:`METHOD_ORDER`, unknown ones after, alphabetically."""
+    known = [m for m in METHOD_ORDER if m in set(methods)]
+    return known + sorted(set(methods) - set(known))
+
+
+def published_pivot(pub: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Published top-1 (%) as method x (data set, imbalance factor), each value with its source's
+    footnote number, the best value of each column in bold; returns (table, footnotes).
+
+    A cell with two published values (a paper's re-run of another's number) shows both.
+    """
+    pub = pub.copy()
+    pub["setting"] = (pub["dataset"].map(DATASET_NAMES).fillna(pub["dataset"]) + " IF "
+                      + pub["imbalance_factor"].astype(int).astype(str))
+    sources = list(dict.fromkeys(pub["source"]))
+    settings = sorted(pub["setting"].unique(), key=lambda s: (not s.startswith("CIFAR-100"), -int(s.split()[-1])))
+    best = pub.groupby("setting")["top1_percent"].max()
+    cells: dict[tuple[str, str], list[str]] = {}
+    for _, row in pub.iterrows():
+        v = f"{row['top1_percent']:.2f}"
+        if row["top1_percent"] == best[row["setting"]]:
+            v = f"<b>{v}</b>"
+        cells.setdefault((row["method"], row["setting"]), []).append(f"{v}<sup>{sources.index(row['source']) + 1}</sup>")
+    methods = method_order(pub["method"].unique())
+    table = pd.DataFrame([{"method": m, **{s: " / ".join(cells.get((m, s), ["–"])) for s in settings}} for m in methods])
+    return table, [f"{i + 1}. {s}" for i, s in enumerate(sources)]
 
 
 def published_sentences(table: pd.DataFrame) -> list[str]:
@@ -491,3 +562,73 @@ def refresh_book_cache(build_dir: str | Path | None = None, roots: list[str | Pa
     build.mkdir(parents=True, exist_ok=True)
     stamp.write_text(digest)
     return True
+
+
+RUNS_DIR = REPO / "book" / "runs"  # staged copies of the executed notebooks (git-ignored)
+RUNS_STATIC = REPO / "book" / "_static" / "runs"  # their metrics.json and history.csv, served as files
+
+
+def run_slug(row: dict | pd.Series) -> str:
+    """A run's flat page name: ``<protocol>__<data>__<model>__<method>__seed<k>``."""
+    return "__".join([str(row["protocol"]), str(row["data"]), str(row["model"]), str(row["method"]),
+                      f"seed{row['seed']}"])
+
+
+def stage_runs(root: str | Path | None = None, dest: Path = RUNS_DIR, static: Path = RUNS_STATIC) -> pd.DataFrame:
+    """Copy every run's executed notebook into the book (one page per run, titled by the run) and its
+    ``metrics.json`` / ``history.csv`` beside the HTML; write ``index.json``, what the Runs appendix lists.
+
+    The notebooks live in ``results/``, outside the book's source: this is the staging step that
+    ``make book`` runs before building. Earlier staged copies are removed first, so a deleted run
+    disappears from the book.
+    """
+    import shutil
+
+    import nbformat
+
+    df = collect(root or results_root())
+    for d in (dest, static):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for _, row in (df.iterrows() if len(df) else iter(())):
+        slug, src = run_slug(row), resolve_alias(row["path"])
+        commit = row.get("git_commit")
+        entry = {k: row.get(k) for k in ("protocol", "data", "model", "method", "seed", "status")}
+        entry.update({"slug": slug, "balanced_top1": row.get(HEADLINE), "device": row.get("device_name"),
+                      "wall_seconds": row.get("wall_seconds"), "commit": commit[:10] if isinstance(commit, str) else "",
+                      "page": None, "files": []})
+        if src != Path(row["path"]):  # an alias: its CE run's page and files stand for it
+            entry["page"] = entry["files_of"] = run_slug(parse_run_dir(src))
+            entry["files"] = [n for n in (METRICS, "history.csv") if (src / n).exists()]
+            rows.append(entry)
+            continue
+        entry["files_of"] = slug
+        nb = src / EXECUTED_NOTEBOOK
+        if nb.exists():
+            book_nb = nbformat.read(str(nb), as_version=4)
+            title = f"# Run {row['protocol']} / {row['data']} / {row['model']} / {row['method']} / seed {row['seed']}"
+            first = next((c for c in book_nb.cells if c.cell_type == "markdown"), None)
+            if first is not None:  # every run's notebook starts "# One training run": give its page its name
+                lines = first.source.splitlines()
+                first.source = "\n".join([title, *lines[1:]] if lines and lines[0].startswith("# ") else [title, *lines])
+            nbformat.write(book_nb, str(dest / f"{slug}.ipynb"))
+            entry["page"] = slug
+        for name in (METRICS, "history.csv"):
+            if (src / name).exists():
+                (static / slug).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src / name, static / slug / name)
+                entry["files"].append(name)
+        rows.append(entry)
+    index = pd.DataFrame(rows)
+    (dest / "index.json").write_text(index.to_json(orient="records"))
+    if not any(dest.glob("*.ipynb")):  # the appendix's toctree globs runs/*: give it a page to find
+        (dest / "no-runs.md").write_text("# No run notebooks yet\n\n`make demo` (CPU) or `make run-all` (GPU) writes "
+                                         "them; `make book` copies them here.\n")
+    return index
+
+
+def prepare_book() -> bool:
+    """Before ``jupyter-book build``: stage the runs' notebooks, then drop a stale execution cache."""
+    stage_runs()
+    return refresh_book_cache()

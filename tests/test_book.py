@@ -39,6 +39,11 @@ def test_book_builds_from_fresh_demo_results(tmp_path):
     shutil.rmtree(g.ckpt_root, ignore_errors=True)
     # the demo runs use the cao2019 protocol: let the CIFAR-LT chapter read them too
     shutil.copytree(tmp_path / "demo" / "cao2019", tmp_path / "results" / "cao2019")
+    from ltkit.report import stage_runs
+
+    staged = stage_runs(tmp_path / "results")  # what `make book` does first: the runs' notebooks into the book
+    assert len(staged) == 12 and (staged["page"] == staged["slug"]).sum() == 10  # 4 demo + 6 thesis runs trained
+    assert set(staged.loc[staged["status"] == "alias", "page"]) <= set(staged["slug"])  # 2 aliases: their CE run's page
     env = {**os.environ, "LTKIT_DEMO_RESULTS": str(tmp_path / "demo"), "LTKIT_RESULTS": str(tmp_path / "results")}
     jb = Path(sys.executable).parent / "jupyter-book"
     out = subprocess.run([str(jb), "build", str(REPO / "book"), "-W", "--keep-going", "--path-output",
@@ -59,10 +64,25 @@ def test_book_builds_from_fresh_demo_results(tmp_path):
     assert "No cao2019 runs" not in lt and "synthetic_exp20" in lt and "train s / run" in lt
     assert ">significant<" in lt  # the paired comparison with CE
     built = tmp_path / "build" / "_build" / "html"
-    # code out of the way: every chapter code cell is collapsed (hide-input), one click away
+    # code out of the way: every chapter code cell is collapsed (hide-input), one click away, or removed
     for page in ("intro", "methodology", "results", "cifar_lt", "uncertainty", "demo", "reproduction"):
         text = (built / f"{page}.html").read_text()
-        assert text.count('class="cell ') == text.count('class="cell tag_hide-input'), page
+        assert text.count('class="cell ') == (text.count('class="cell tag_hide-input')
+                                              + text.count('class="cell tag_remove-input')), page
+    # every run one click away: the Runs appendix links each run's notebook page and its files
+    runs_page = (built / "appendix_runs.html").read_text()
+    slugs = list(staged.loc[staged["page"] == staged["slug"], "slug"])
+    for slug in slugs:
+        assert f'href="runs/{slug}.html"' in runs_page, slug
+        page = (built / "runs" / f"{slug}.html").read_text()
+        assert "Run " in page and "Learning curves" in page  # the executed notebook, titled by its run
+        assert (built / "_static" / "runs" / slug / "metrics.json").exists()
+    assert f'href="_static/runs/{slugs[0]}/metrics.json"' in runs_page and "<img" in runs_page
+    # findings first: the landing page states what the runs found, with the summary figure
+    intro = (built / "intro.html").read_text().split("What the runs found", 1)[1].split("The study", 1)[0]
+    assert "No runs yet" not in intro and "best is" in intro and "balanced top-1" in intro and "<img" in intro
+    assert "Fig. 1" in intro and 'href="#fig-summary"' in intro  # a numbered, captioned figure, referenced
+    assert "thesis, synthetic_exp10" in intro and "cao2019, synthetic_exp20" in intro
     # citations resolve to the references page, which lists the papers
     bg = (built / "background.html").read_text()
     assert 'href="references.html#' in bg and "{cite" not in bg

@@ -16,7 +16,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # distribution name -> the module it is imported as, where they differ
 MODULE = {"pyyaml": "yaml", "pillow": "PIL", "jupyter-book": "jupyter_book", "huggingface-hub": "huggingface_hub"}
 # tools used from the command line or as a plugin rather than imported: where they are used
-INVOKED = {"pytest": "Makefile", "ruff": "Makefile", "jupyter-book": "Makefile", "ipykernel": "Makefile",
+INVOKED = {"pytest": "Makefile", "ruff": "Makefile", "jupyter-book": "Makefile", "ipykernel": "Makefile", "ghp-import": "Makefile",
            "papermill": "ltkit/grid.py", "hypothesis": "tests/test_grid.py"}
 
 

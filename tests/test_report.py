@@ -113,3 +113,20 @@ def test_seaborn_bars_take_error_bars_and_points_from_the_runs():
     assert spans == pytest.approx([2 * np.std([59, 61], ddof=1)] * 2)
     points = [c for c in ax.collections if len(c.get_offsets())]
     assert sum(len(c.get_offsets()) for c in points) == 4  # every seed drawn
+
+
+def test_findings_state_the_best_method_against_ce_from_the_runs():
+    import pandas as pd
+
+    from ltkit.report import findings
+
+    rows = []
+    for seed, (ce, bs) in enumerate([(0.40, 0.45), (0.41, 0.47), (0.39, 0.44)]):
+        for method, v in (("ce", ce), ("bs", bs)):
+            rows.append({"protocol": "cao2019", "data": "cifar100_exp100", "model": "resnet32", "method": method,
+                         "seed": seed, "balanced.top1": v, "path": ""})
+    lines = findings(pd.DataFrame(rows))
+    assert len(lines) == 1
+    assert "best is bs on resnet32, 45.33 %" in lines[0] and "± 1.53 over 3 seeds" in lines[0]
+    assert "against CE's 40.00 %" in lines[0] and "difference +5.33 points" in lines[0]
+    assert findings(pd.DataFrame()) == []
