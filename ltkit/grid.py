@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -233,15 +234,18 @@ def pack_size(setting: int | str) -> int:
     return int(setting)
 
 
-def pack_runs(todo: list[RunConfig], size: int) -> list[list[RunConfig]]:
-    """Work items: packs of up to ``size`` runs with equal :func:`ltkit.packed.pack_key`, and single runs."""
+def pack_runs(todo: list[RunConfig], size: int, resume_epoch: Callable[[RunConfig], int] = lambda c: 0,
+              ) -> list[list[RunConfig]]:
+    """Work items: packs of up to ``size`` runs with equal :func:`ltkit.packed.pack_key` that resume
+    from the same epoch (``resume_epoch``: a killed pack's runs did; a run that diverged earlier did not),
+    and single runs."""
     items: list[list[RunConfig]] = []
-    groups: dict[str, list[RunConfig]] = {}
+    groups: dict[tuple[str, int], list[RunConfig]] = {}
     for cfg in todo:
         if size < 2 or packable(cfg) is not None:
             items.append([cfg])
         else:
-            groups.setdefault(pack_key(cfg), []).append(cfg)
+            groups.setdefault((pack_key(cfg), resume_epoch(cfg)), []).append(cfg)
     for runs in groups.values():
         items.extend(runs[i:i + size] for i in range(0, len(runs), size))
     return items
@@ -332,8 +336,6 @@ def plan(grid: Grid, dedupe: bool = True) -> list[tuple[RunConfig, str, RunConfi
 
 def progress(grid: Grid, cfg: RunConfig) -> str:
     """'epoch 37/200 (launch 2)' from a run's progress file, '' if it has none."""
-    import json
-
     try:
         p = json.loads((grid.ckpt_dir(cfg) / PROGRESS).read_text())
     except (OSError, ValueError):
@@ -341,6 +343,14 @@ def progress(grid: Grid, cfg: RunConfig) -> str:
     left = (p["epochs"] - p["epoch"]) * p.get("seconds_per_epoch", 0)
     eta = f", ~{left / 60:.0f} min left" if left > 0 else ""
     return f"epoch {p['epoch']}/{p['epochs']}" + (f" (launch {p['launch']})" if p.get("launch", 1) > 1 else "") + eta
+
+
+def _resume_epoch(grid: Grid, cfg: RunConfig) -> int:
+    """The epoch a run's checkpoint resumes from (0: none), from its progress file."""
+    try:
+        return int(json.loads((grid.ckpt_dir(cfg) / PROGRESS).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def _locked(grid: Grid, cfg: RunConfig) -> bool:
@@ -721,7 +731,7 @@ def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | N
     STOP.clear()
     size = pack_size(grid.pack)
     for phase in phases(todo):
-        items = pack_runs(phase, size)
+        items = pack_runs(phase, size, lambda c: _resume_epoch(grid, c))
         with ThreadPoolExecutor(max_workers=len(slots)) as pool, tqdm(total=len(phase), desc=grid.name, unit="run") as bar:
             futures = []
             try:

@@ -200,3 +200,16 @@ def test_the_grid_packs_what_it_can_and_writes_the_same_results(tmp_path):
     assert got[3][cols].equals(got["off"][cols])
     with pytest.raises(ConfigError, match="bad value for 'pack': 'lots'"):
         grid_from_spec(grid_spec(tmp_path, src, pack="lots"))
+
+
+def test_packs_are_made_of_runs_that_resume_from_the_same_epoch(tiny_cfg):
+    """A run that diverged at epoch 3 of a pack killed at epoch 7 trains alone, not with the others."""
+    from ltkit.grid import pack_runs
+
+    cfgs = _cfgs(tiny_cfg)
+    epoch = {c.method: (3 if c.method == "seql" else 7) for c in cfgs}
+    items = pack_runs(cfgs, 8, lambda c: epoch[c.method])
+    assert sorted(len(i) for i in items) == [1, 3]
+    assert [c.method for i in items if len(i) == 1 for c in i] == ["seql"]
+    assert all(len(i) == 1 for i in pack_runs(cfgs, 1))  # pack: off
+    assert sorted(len(i) for i in pack_runs(cfgs, 3)) == [1, 3]  # at most 3 per pack
