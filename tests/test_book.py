@@ -79,7 +79,7 @@ def test_book_builds_from_fresh_demo_results(tmp_path):
         assert (built / "_static" / "runs" / slug / "metrics.json").exists()
     assert f'href="_static/runs/{slugs[0]}/metrics.json"' in runs_page and "<img" in runs_page
     # findings first: the landing page states what the runs found, with the summary figure
-    intro = (built / "intro.html").read_text().split("What the runs found", 1)[1].split("The study", 1)[0]
+    intro = (built / "intro.html").read_text().split('id="what-the-runs-found"', 1)[1].split('id="the-study"', 1)[0]
     assert "No runs yet" not in intro and "best is" in intro and "balanced top-1" in intro and "<img" in intro
     assert "Fig. 1" in intro and 'href="#fig-summary"' in intro  # a numbered, captioned figure, referenced
     assert "thesis, synthetic_exp10" in intro and "cao2019, synthetic_exp20" in intro

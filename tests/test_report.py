@@ -130,3 +130,6 @@ def test_findings_state_the_best_method_against_ce_from_the_runs():
     assert "best is bs on resnet32, 45.33 %" in lines[0] and "± 1.53 over 3 seeds" in lines[0]
     assert "against CE's 40.00 %" in lines[0] and "difference +5.33 points" in lines[0]
     assert findings(pd.DataFrame()) == []
+    tie = pd.DataFrame([{**r, "method": "wce"} if r["method"] == "bs" else r for r in rows])
+    tie.loc[tie["method"] == "wce", "balanced.top1"] = tie.loc[tie["method"] == "ce", "balanced.top1"].to_numpy()
+    assert "best is ce on resnet32" in findings(tie)[0] and "no method beats plain CE" in findings(tie)[0]
