@@ -16,14 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 def test_book_builds_from_fresh_demo_results(tmp_path):
     """Run a one-epoch demo-style grid through papermill, then build the book with -W from those results."""
     spec = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    spec.update(name="booktest", results=str(tmp_path / "demo"), seeds=[0, 1], methods=["ce", "bs"])
+    spec.update(name="booktest", results=str(tmp_path / "demo"), seeds=[0, 1],
+                methods=["ce", "bs", {"procedure": "la_posthoc", "stage1": "ce"}])  # a stage two: empty history
     spec["base"].update(epochs=1, bootstrap=50, source_params={"num_classes": 10, "train_per_class": 60,
                                                                 "test_per_class": 10})
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump(spec))
     g = load_grid(path)
     summary = run_grid(g, stagger=0.2)
-    assert len(summary["done"]) == 4 and not summary["failed"]
+    assert len(summary["done"]) == 6 and not summary["failed"]
     shutil.rmtree(g.ckpt_root, ignore_errors=True)
     # a thesis-shaped grid (two backbones x balanced/LT x CE/BS) for the results chapter's summaries
     thesis = {"name": "booktest-thesis", "results": str(tmp_path / "results"), "seeds": [42],
@@ -42,7 +43,7 @@ def test_book_builds_from_fresh_demo_results(tmp_path):
     from ltkit.report import stage_runs
 
     staged = stage_runs(tmp_path / "results")  # what `make book` does first: the runs' notebooks into the book
-    assert len(staged) == 12 and (staged["page"] == staged["slug"]).sum() == 10  # 4 demo + 6 thesis runs trained
+    assert len(staged) == 14 and (staged["page"] == staged["slug"]).sum() == 12  # 6 demo + 6 thesis runs
     assert set(staged.loc[staged["status"] == "alias", "page"]) <= set(staged["slug"])  # 2 aliases: their CE run's page
     env = {**os.environ, "LTKIT_DEMO_RESULTS": str(tmp_path / "demo"), "LTKIT_RESULTS": str(tmp_path / "results")}
     jb = Path(sys.executable).parent / "jupyter-book"
