@@ -528,9 +528,7 @@ def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, f
                 mark_complete(run_dir, cfg.fingerprint())
                 return Outcome.DONE
             err = notebook_error(run_dir / EXECUTED_NOTEBOOK) or (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-            prov = run_dir / PROVENANCE
-            if not prov.exists() or json.loads(prov.read_text()).get("status") != Status.FAILED:
-                record_failure(run_dir, cfg, start, time.time() - t0, err)
+            _record_failure_once(run_dir, cfg, start, time.time() - t0, err)
             _log.error(f"FAILED {cfg.run_path()}: {err}")
             return Outcome.FAILED
     except LockHeld as exc:
@@ -544,6 +542,13 @@ def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, f
             pass
         _log.error(f"FAILED {cfg.run_path()}: {err}")
         return Outcome.FAILED
+
+
+def _record_failure_once(run_dir: Path, cfg: RunConfig, start: str, seconds: float, err: str) -> None:
+    """Record a failure unless the run's own process already did (its provenance keeps the real error)."""
+    prov = run_dir / PROVENANCE
+    if not prov.exists() or json.loads(prov.read_text()).get("status") != Status.FAILED:
+        record_failure(run_dir, cfg, start, seconds, err)
 
 
 def execute_pack(grid: Grid, cfgs: list[RunConfig], env: dict[str, str] | None = None,
@@ -598,10 +603,8 @@ def execute_pack(grid: Grid, cfgs: list[RunConfig], env: dict[str, str] | None =
                 mark_complete(run_dir, cfg.fingerprint())
                 out.append((cfg, Outcome.DONE))
             else:
-                prov = run_dir / PROVENANCE
-                if not prov.exists() or json.loads(prov.read_text()).get("status") != Status.FAILED:
-                    err = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-                    record_failure(run_dir, cfg, start, time.time() - t0, err)
+                err = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+                _record_failure_once(run_dir, cfg, start, time.time() - t0, err)
                 _log.error(f"FAILED {cfg.run_path()} (in a pack)")
                 out.append((cfg, Outcome.FAILED))
     return out

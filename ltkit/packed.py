@@ -121,7 +121,7 @@ class _Pack:
 
     def __init__(self, members: list[_Member], backend: str) -> None:
         cfg = members[0].ctx.cfg
-        self.members, self.model_name, self.backend = members, cfg.model, backend
+        self.members, self.backend = members, backend
         clf = MODELS.info(cfg.model).classifier
         self.clf_prefix = clf + "."
         backbones = []
@@ -196,10 +196,6 @@ class _Pack:
                         if k not in dst:
                             dst[k] = torch.zeros_like(packed)
                         dst[k][row] = v
-
-    def member_state_finite(self, i: int) -> list[str]:
-        self.to_member(i)
-        return _non_finite_state(self.members[i].model)
 
 
 def _epoch_orders(members: list[_Member], epoch: int) -> list[np.ndarray]:
