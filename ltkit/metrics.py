@@ -7,11 +7,15 @@ balanced test set this equals the mean of the per-class accuracies.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
-import torch
 
 from .stats import accuracy_ci
+
+if TYPE_CHECKING:  # tensors come in from the loop; the report and the book read metrics without importing torch
+    import torch
 
 
 def key(split: str, measure: str = "top1") -> str:
@@ -38,8 +42,8 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def balanced_top1(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """Mean of the per-class accuracies over the classes present: the balanced accuracy that selects tau."""
     correct = (logits.argmax(1) == labels).float()
-    per = torch.zeros(k, device=labels.device).index_add_(0, labels, correct)
-    cnt = torch.bincount(labels, minlength=k).float()
+    per = correct.new_zeros(k).index_add_(0, labels, correct)
+    cnt = labels.bincount(minlength=k).float()
     return float((per[cnt > 0] / cnt[cnt > 0]).mean())
 
 
