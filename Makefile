@@ -56,7 +56,7 @@ bench: setup
 
 book: setup
 	@$(VENV)/bin/python -c "from ltkit.report import prepare_book as p; p() and print('results changed: book pages re-execute')"
-	$(VENV)/bin/jupyter-book build book
+	$(VENV)/bin/jupyter-book build book $$(test -f book/_build/_config.repository.yml && echo --config book/_build/_config.repository.yml)
 	@echo "open book/_build/html/index.html"
 
 # One step to GitHub Pages: the built HTML onto the gh-pages branch of `origin`, pushed.

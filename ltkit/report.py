@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .io import read_json, stat_digest
+from .io import atomic_write_text, read_json, stat_digest
 from .layout import ALIAS, EXECUTED_NOTEBOOK, METRICS, PROVENANCE, REPO, default_results_root, parse_run_dir, root_of
 from .metrics import BEST_EPOCH_ON_TEST, HEADLINE, key, relative_accuracy
 from .results import load_metrics
@@ -143,11 +144,15 @@ def failed(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def mean_std_table(df: pd.DataFrame, index: list[str], metrics: dict[str, str], scale: float = 100.0,
-                   digits: int = 2) -> pd.DataFrame:
+                   digits: int = 2, best_within: list[str] | None = None) -> pd.DataFrame:
     """'mean ± std' over seeds per group; for a single seed, 'value [low, high]' with the run's own
     95% interval over its test images (:func:`ltkit.stats.accuracy_ci`) (``<key>_ci_low/high`` in metrics.json), so a
-    one-seed table still shows how wide a 38-image tail column is."""
-    out = {}
+    one-seed table still shows how wide a 38-image tail column is.
+
+    ``best_within`` (index levels, ``[]`` for the whole column) bolds the highest mean of each column
+    within each such block (Markdown ``**``, for :func:`md_table`): the best loss per backbone, say.
+    """
+    out, means = {}, {}
     for col, name in metrics.items():
         if col not in df:
             continue
@@ -159,19 +164,39 @@ def mean_std_table(df: pd.DataFrame, index: list[str], metrics: dict[str, str], 
         for grp, a, b, c in zip(m.index, m, s, n, strict=True):
             if not (c > 1 and np.isfinite(b)) and lo is not None and hi is not None \
                     and np.isfinite(lo.loc[grp]) and np.isfinite(hi.loc[grp]):
-                cells.append(f"{a:.{digits}f} [{lo.loc[grp]:.{max(digits - 1, 0)}f}, {hi.loc[grp]:.{max(digits - 1, 0)}f}]")
+                cells.append(f"{a:.{digits}f} [{lo.loc[grp]:.{digits}f}, {hi.loc[grp]:.{digits}f}]")
             else:
-                cells.append(_mean_std(a, b, c, digits))
-        out[name] = cells
+                cells.append(mean_std(a, b, c, digits))
+        out[name], means[name] = cells, m
         idx = m.index
     table = pd.DataFrame(out, index=idx)
+    if best_within is not None:
+        table = bold_best(table, pd.DataFrame(means, index=idx), best_within)
     table["seeds"] = df.groupby(index).size().loc[table.index].values
     return table
 
 
-def _mean_std(mean: float, std: float, n: int, digits: int) -> str:
-    """'mean ± std', or just the mean when there is no spread to show (one value)."""
+def mean_std(mean: float, std: float, n: int, digits: int = 2) -> str:
+    """'mean ± std', or just the mean when there is no spread to show (one value); '–' for no value."""
+    if not np.isfinite(mean):
+        return "–"
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 and np.isfinite(std) else "")
+
+
+def bold_best(table: pd.DataFrame, values: pd.DataFrame, within: list[str], higher: bool = True) -> pd.DataFrame:
+    """Bold (Markdown ``**``) each column's best cell of ``table`` by ``values`` (same index and columns),
+    per block of equal ``within`` index levels; ties are all bold; a block with one finite value has no best."""
+    out = table.copy()
+    blocks = values.groupby(level=within) if within else [(None, values)]
+    for _, v in blocks:
+        for col in v.columns:
+            x = pd.to_numeric(v[col], errors="coerce")
+            if x.notna().sum() < 2:
+                continue
+            best = x.max() if higher else x.min()
+            for row in x.index[np.isclose(x.to_numpy(dtype=float), best, rtol=0, atol=1e-9)]:
+                out.loc[row, col] = f"**{out.loc[row, col]}**"
+    return out
 
 
 def seed_means(df: pd.DataFrame, keys: list[str], scale: float = 100.0) -> pd.DataFrame:
@@ -186,20 +211,23 @@ def _across_groups(df: pd.DataFrame, over: str, metrics: dict[str, str]):
     return cell.groupby(["data", "model" if over == "method" else "method"])[keys], keys
 
 
-def across(df: pd.DataFrame, over: str, metrics: dict[str, str] | None = None, digits: int = 2) -> pd.DataFrame:
+def across(df: pd.DataFrame, over: str, metrics: dict[str, str] | None = None, digits: int = 2,
+           mark_best: bool = False) -> pd.DataFrame:
     """Mean ± std *across* ``over`` ('method' or 'model') of the per-cell seed means.
 
     ``over='method'`` gives each backbone's mean ± std across losses (thesis Table 4.10 /
     Fig 4.1); ``over='model'`` each loss's mean ± std across backbones (Table 4.11 /
     Fig 4.6). The std here measures how much the choice of ``over`` matters, not
-    seed noise (that is in the per-model tables).
+    seed noise (that is in the per-model tables). ``mark_best`` bolds each column's best per data set.
     """
     metrics = metrics or CATEGORIES
     g, keys = _across_groups(df, over, metrics)
     m, s, n = g.mean(), g.std(ddof=1), g.count()
     out = pd.DataFrame(index=m.index)
     for k in keys:
-        out[metrics[k]] = [_mean_std(a, b, c, digits) for a, b, c in zip(m[k], s[k], n[k], strict=True)]
+        out[metrics[k]] = [mean_std(a, b, c, digits) for a, b, c in zip(m[k], s[k], n[k], strict=True)]
+    if mark_best:
+        out = bold_best(out, m[keys].rename(columns=metrics), ["data"])
     out[f"n {over}s"] = n[keys[0]].to_numpy()
     return out
 
@@ -404,24 +432,41 @@ def method_order(methods) -> list[str]:
     return known + sorted(set(methods) - set(known))
 
 
+CITE_KEYS = {"Cao et al. 2019": "cao2019ldam", "Cui et al. 2019": "cui2019cb", "Menon et al. 2021": "menon2021la"}
+
+
+def source_note(source: str) -> str:
+    """A published row's source as one footnote: '{cite:t}`key`, Table n' plus what qualifies the number
+    ('re-run', 'tuned tau'); the paper's title or arXiv id in the CSV's spelling is dropped, so one
+    paper's table is one footnote however the CSV spells it."""
+    m = re.match(r"(?P<paper>.+? et al\. \d{4})\s*(?:\([^)]*\)\s*)?(?P<table>Table \d+)(?P<rest>.*)", source)
+    if not m:
+        return source
+    rest = re.sub(r"^,.*", "", m["rest"]).strip()  # ', mean of 5 trials' is said in the chapter's text
+    paper = f"{{cite:t}}`{CITE_KEYS[m['paper']]}`" if m["paper"] in CITE_KEYS else m["paper"]
+    return f"{paper}, {m['table']}" + (f" {rest}" if rest else "")
+
+
 def published_pivot(pub: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Published top-1 (%) as method x (data set, imbalance factor), each value with its source's
-    footnote number, the best value of each column in bold; returns (table, footnotes).
+    footnote number, the best value of each column in bold (MyST Markdown, for :func:`md_table`);
+    returns (table, footnotes).
 
     A cell with two published values (a paper's re-run of another's number) shows both.
     """
     pub = pub.copy()
     pub["setting"] = (pub["dataset"].map(DATASET_NAMES).fillna(pub["dataset"]) + " IF "
                       + pub["imbalance_factor"].astype(int).astype(str))
-    sources = list(dict.fromkeys(pub["source"]))
+    pub["note"] = pub["source"].map(source_note)
+    sources = list(dict.fromkeys(pub["note"]))
     settings = sorted(pub["setting"].unique(), key=lambda s: (not s.startswith("CIFAR-100"), -int(s.split()[-1])))
     best = pub.groupby("setting")["top1_percent"].max()
     cells: dict[tuple[str, str], list[str]] = {}
     for _, row in pub.iterrows():
         v = f"{row['top1_percent']:.2f}"
         if row["top1_percent"] == best[row["setting"]]:
-            v = f"<b>{v}</b>"
-        cells.setdefault((row["method"], row["setting"]), []).append(f"{v}<sup>{sources.index(row['source']) + 1}</sup>")
+            v = f"**{v}**"
+        cells.setdefault((row["method"], row["setting"]), []).append(f"{v}{{sup}}`{sources.index(row['note']) + 1}`")
     methods = method_order(pub["method"].unique())
     table = pd.DataFrame([{"method": m, **{s: " / ".join(cells.get((m, s), ["–"])) for s in settings}} for m in methods])
     return table, [f"{i + 1}. {s}" for i, s in enumerate(sources)]
@@ -442,6 +487,65 @@ def published_sentences(table: pd.DataFrame) -> list[str]:
             if r["investigate"] else ""
         out.append(f"{head}: {r['diff']:+.2f} points, more than our seed spread. Likely reason: {why}.{flag}")
     return out
+
+
+# --------------------------------------------------------------------------- numbered tables for the book
+
+
+def _cell(v: Any, digits: int) -> str:
+    """One table cell as Markdown: floats to ``digits`` decimals, missing as '–', booleans yes/no, '|' escaped."""
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (float, np.floating)):
+        return "–" if not np.isfinite(v) else f"{v:.{digits}f}"
+    if v is None or (isinstance(v, str) and not v):
+        return "–"
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(table: pd.DataFrame, caption: str, name: str, empty: str = "no runs yet", digits: int = 2) -> str:
+    """A numbered, captioned MyST table (the ``{table}`` directive, labelled ``name`` for ``{numref}``) from a frame.
+
+    A named index becomes ordinary leading columns (no pandas row numbers); floats get ``digits``
+    decimals, numeric columns are right-aligned. An empty frame gives a one-cell table saying
+    ``empty``, so the label, its number and the text's references exist before any run does.
+    A page glues the string (``glue(key, Markdown(...), display=False)``) and shows it with a
+    ``{glue:md}`` directive in ``:format: myst`` (myst-nb), which numbers it like any other table.
+    """
+    t = table.reset_index(drop=all(n is None for n in table.index.names))
+    if t.empty:
+        t = pd.DataFrame({"": [empty]})
+    numeric = [pd.api.types.is_numeric_dtype(t[c]) and not pd.api.types.is_bool_dtype(t[c]) for c in t.columns]
+    head = "| " + " | ".join(_cell(str(c), digits) if str(c) else " " for c in t.columns) + " |"
+    rule = "|" + "|".join("---:" if num else ":---" for num in numeric) + "|"
+    rows = ["| " + " | ".join(_cell(v, digits) for v in r) + " |" for r in t.itertuples(index=False)]
+    caption = " ".join(caption.split())
+    return "\n".join([f"~~~{{table}} {caption}", f":name: {name}", ":align: left", "", head, rule, *rows, "~~~"])
+
+
+def comparison_table(cmp: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """:func:`compare_to_baseline`'s rows as a reader scans them: the difference with its 95% interval
+    in one cell ('+1.23 [−0.41, +2.87]'), BH-adjusted p, a yes/no verdict, and how it was computed."""
+    if not len(cmp):
+        return pd.DataFrame()
+    out = cmp[by + ["method"]].copy()
+    out["difference [95% CI]"] = [f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for d, lo, hi in
+                                  zip(cmp["diff"], cmp["low"], cmp["high"], strict=True)]
+    out["p (BH)"] = [f"{p:.3f}" for p in cmp["p_adj"]]
+    out["significant"] = cmp["significant"].to_numpy()
+    out["how"] = cmp["how"].to_numpy()
+    out["method"] = pd.Categorical(out["method"], method_order(out["method"].unique()), ordered=True)
+    return out.sort_values(by + ["method"]).assign(method=lambda t: t["method"].astype(str))
+
+
+def ordered(table: pd.DataFrame, level: str = "method") -> pd.DataFrame:
+    """Rows in :data:`METHOD_ORDER` within each block of the other index levels (the thesis's loss order first)."""
+    if level not in (table.index.names or []):
+        return table
+    rank = {m: i for i, m in enumerate(method_order(table.index.get_level_values(level).unique()))}
+    keys = [table.index.get_level_values(n) if n != level else table.index.get_level_values(n).map(rank)
+            for n in table.index.names]
+    return table.iloc[np.lexsort(list(reversed([np.asarray(k) for k in keys])))]
 
 
 # --------------------------------------------------------------------------- figures
@@ -533,6 +637,32 @@ def bars(long: pd.DataFrame, hue: str, order: list[str] | None = None, ax=None, 
     ax.set_ylabel(ylabel)
     ax.legend(frameon=False, ncol=min(len(hue_order), 7), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     return ax
+
+
+def facet_bars(long: pd.DataFrame, by: list[str], hue: str, order: list[str] | None = None,
+               ylabel: str = "top-1 (%)", width: float = 9.0, height: float = 2.6):
+    """One :func:`bars` panel per block of equal ``by`` columns, stacked in one figure (one numbered
+    figure in the book instead of a row of untitled ones); each panel titled by its block."""
+    import matplotlib.pyplot as plt
+
+    blocks = list(long.groupby(by, sort=True))
+    fig, axes = plt.subplots(len(blocks), 1, figsize=(width, height * len(blocks) + 0.6), squeeze=False,
+                             layout="constrained")
+    for ax, (name, g) in zip(axes[:, 0], blocks, strict=True):
+        bars(g, hue=hue, order=[h for h in (order or list(dict.fromkeys(long[hue]))) if h in set(g[hue])],
+             ax=ax, ylabel=ylabel)
+        ax.set_title(", ".join(str(v) for v in (name if isinstance(name, tuple) else (name,))), fontsize=10)
+    return fig
+
+
+def no_runs_figure(text: str = "no runs yet"):
+    """A small placeholder figure, so a numbered figure and the text's reference to it exist before any run."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 1.0))
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.axis("off")
+    return fig
 
 
 def published(name: str) -> pd.DataFrame:
@@ -630,7 +760,47 @@ def stage_runs(root: str | Path | None = None, dest: Path = RUNS_DIR, static: Pa
     return index
 
 
+BOOK_CONFIG = REPO / "book" / "_config.yml"
+REPOSITORY_CONFIG = REPO / "book" / "_build" / "_config.repository.yml"  # `make book` passes it when it exists
+
+
+def repository_url(cwd: str | Path = REPO) -> str | None:
+    """Where the repository lives, for the book's buttons: ``LTKIT_REPOSITORY_URL``, else git's ``origin``
+    as an https address (``git@github.com:o/r.git`` -> ``https://github.com/o/r``); None without one."""
+    import subprocess
+
+    url = os.environ.get("LTKIT_REPOSITORY_URL")
+    if not url:
+        try:
+            out = subprocess.run(["git", "remote", "get-url", "origin"], cwd=cwd, capture_output=True, text=True,
+                                 timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        url = out.stdout.strip() if out.returncode == 0 else ""
+    url = re.sub(r"^git@([^:]+):", r"https://\1/", url.strip()).removesuffix(".git")
+    return url if url.startswith(("https://", "http://")) else None
+
+
+def repository_config(url: str | None, src: Path = BOOK_CONFIG, dest: Path = REPOSITORY_CONFIG) -> Path | None:
+    """The book's config with the repository, issues and edit-this-page buttons pointing at ``url``
+    (written to ``dest``, returned); without a URL, ``dest`` is removed and the book has no such buttons
+    (a made-up address would be worse than none)."""
+    import yaml
+
+    if not url:
+        dest.unlink(missing_ok=True)
+        return None
+    cfg = yaml.safe_load(src.read_text())
+    cfg["repository"] = {"url": url, "path_to_book": "book", "branch": "main"}
+    cfg.setdefault("html", {}).update(use_repository_button=True, use_issues_button=True, use_edit_page_button=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(dest, yaml.safe_dump(cfg, sort_keys=False))
+    return dest
+
+
 def prepare_book() -> bool:
-    """Before ``jupyter-book build``: stage the runs' notebooks, then drop a stale execution cache."""
+    """Before ``jupyter-book build``: stage the runs' notebooks, write the repository buttons' config
+    (when the checkout has a remote), then drop a stale execution cache."""
     stage_runs()
+    repository_config(repository_url())
     return refresh_book_cache()

@@ -1,4 +1,5 @@
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,11 @@ import yaml
 from ltkit.grid import load_grid, run_grid
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def captions(html: str) -> list[str]:
+    """The numbers of a page's captioned tables and figures, in page order ('Table 3.1', 'Fig. 3.1')."""
+    return [c.strip() for c in re.findall(r'<span class="caption-number">([^<]*)</span>', html)]
 
 
 @pytest.mark.slow
@@ -50,21 +56,38 @@ def test_book_builds_from_fresh_demo_results(tmp_path):
     out = subprocess.run([str(jb), "build", str(REPO / "book"), "-W", "--keep-going", "--path-output",
                           str(tmp_path / "build")], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    html = (tmp_path / "build" / "_build" / "html" / "demo.html").read_text()
-    out = html.split('class="cell_output', 1)[1]  # outputs only, not the code that prints the empty-state hint
-    assert "No demo runs yet" not in out
-    assert 'class="dataframe' in out and "<img" in out and ">bs<" in out  # table and figure made it
-    res = (tmp_path / "build" / "_build" / "html" / "results.html").read_text().split('class="cell_output', 1)[1]
-    assert "No thesis-grid runs" not in res
-    for model in ("tiny_cnn", "resnet32"):
-        assert f">{model}<" in res  # per-model tables and the across-losses table
-    assert "n models" in res and "n methods" in res  # Table 4.11 and 4.10 analogues
-    assert res.count("<img") >= 4 + 2 + 2  # per-model plots, backbone and loss summaries
-    assert "synthetic_exp10" in res.split("What the imbalance costs", 1)[1]  # relative accuracy rows
-    lt = (tmp_path / "build" / "_build" / "html" / "cifar_lt.html").read_text().split('class="cell_output', 1)[1]
-    assert "No cao2019 runs" not in lt and "synthetic_exp20" in lt and "train s / run" in lt
-    assert ">significant<" in lt  # the paired comparison with CE
     built = tmp_path / "build" / "_build" / "html"
+    demo = (built / "demo.html").read_text()
+    assert "no demo runs yet" not in demo
+    assert '<table class="table' in demo and "<img" in demo and "<p>bs</p>" in demo  # table and figure made it
+    assert captions(demo) == ["Table 7.1", "Fig. 7.1", "Table 7.2", "Table 7.3"]  # numbered per chapter
+    assert 'href="#tab-demo-vs-ce"' in demo  # and referenced from the text
+    res = (built / "results.html").read_text()
+    assert "no thesis-grid runs yet" not in res
+    for model in ("tiny_cnn", "resnet32"):
+        assert f"<p>{model}</p>" in res  # per-model rows and the across-losses table
+    assert "n models" in res and "n methods" in res  # Table 4.11 and 4.10 analogues
+    assert captions(res) == ["Table 3.1", "Fig. 3.1", "Table 3.2", "Fig. 3.2", "Table 3.3", "Fig. 3.3",
+                             "Table 3.4", "Table 3.5", "Table 3.6"]
+    for label in ("tab-thesis-per-backbone", "fig-thesis-per-backbone", "tab-thesis-backbones", "fig-thesis-losses",
+                  "tab-thesis-relative", "tab-thesis-vs-ce"):
+        assert f'href="#{label}"' in res, label
+    assert res.count("<img") >= 3  # the three figures (one panel per backbone / training set each)
+    assert "synthetic_exp10" in res.split('id="tab-thesis-relative"', 1)[1]  # relative accuracy rows
+    assert "[95% CI]" in res and "<strong>" in res  # differences with intervals, best values marked
+    assert ">index<" not in res and "<th class=\"head\"><p>0</p>" not in res  # no pandas index column
+    lt = (built / "cifar_lt.html").read_text()
+    assert "no cao2019 runs yet" not in lt and "synthetic_exp20" in lt and "train s / run" in lt
+    assert ">significant<" in lt  # the paired comparison with CE
+    assert captions(lt)[:3] == ["Table 5.1", "Fig. 5.1", "Table 5.2"]
+    pub = lt.split('id="tab-cao-published"', 1)[1].split("</table>", 1)[0]
+    assert "<strong>" in pub and "<sup>" in pub and 'href="references.html#' in lt.split("Sources:", 1)[1]
+    assert captions((built / "uncertainty.html").read_text()) == ["Fig. 6.1"]
+    assert captions((built / "reproduction.html").read_text())[:2] == ["Table 4.1", "Table 4.2"]
+    assert captions((built / "methodology.html").read_text())[:2] == ["Fig. 2.1", "Table 2.1"]
+    # the "reading the numbers" conventions are stated once and linked from the result chapters
+    for page in ("results", "cifar_lt", "demo"):
+        assert 'href="intro.html#sec-reading"' in (built / f"{page}.html").read_text(), page
     # code out of the way: every chapter code cell is collapsed (hide-input), one click away, or removed
     for page in ("intro", "methodology", "results", "cifar_lt", "uncertainty", "demo", "reproduction"):
         text = (built / f"{page}.html").read_text()

@@ -62,7 +62,59 @@ def test_mean_std_table_shows_seed_std_or_the_single_runs_bootstrap_interval():
                        "lt.tail_ci_low": [0.3, 0.4, 0.25], "lt.tail_ci_high": [0.7, 0.8, 0.55]})
     t = report.mean_std_table(df, ["method"], {"lt.tail": "Tail"})
     assert t.loc["ce", "Tail"] == f"55.00 ± {np.std([50, 60], ddof=1):.2f}" and t.loc["ce", "seeds"] == 2
-    assert t.loc["bs", "Tail"] == "40.00 [25.0, 55.0]" and t.loc["bs", "seeds"] == 1
+    assert t.loc["bs", "Tail"] == "40.00 [25.00, 55.00]" and t.loc["bs", "seeds"] == 1  # same decimals as the means
+
+
+def test_best_value_per_block_is_bold_ties_included_and_single_values_are_not():
+    df = frame()
+    t = report.mean_std_table(df, ["data", "model", "method"], {"balanced.top1": "Balanced"},
+                              best_within=["data", "model"])
+    # LT training: bs (bonus 0.1) beats ce on both backbones; balanced training: a tie, both bold
+    assert t.loc[("c_exp100", "a", "bs"), "Balanced"].startswith("**70.00")
+    assert not t.loc[("c_exp100", "a", "ce"), "Balanced"].startswith("**")
+    assert all(t.loc[("c_balanced", "b", m), "Balanced"].startswith("**") for m in ("ce", "bs"))
+    one = report.mean_std_table(df[df["method"] == "ce"], ["data", "model", "method"], {"balanced.top1": "B"},
+                                best_within=["data", "model"])
+    assert not any(v.startswith("**") for v in one["B"])  # a block of one has no best
+    whole = report.mean_std_table(df, ["data", "model", "method"], {"balanced.top1": "B"}, best_within=[])
+    assert [i for i, v in whole["B"].items() if v.startswith("**")] == [("c_balanced", "a", "bs"), ("c_balanced", "a", "ce")]
+    across = report.across(df, over="method", metrics={"balanced.top1": "B"}, mark_best=True)
+    assert across.loc[("c_exp100", "a"), "B"].startswith("**") and not across.loc[("c_exp100", "b"), "B"].startswith("**")
+
+
+def test_md_table_is_a_numbered_myst_table_without_the_pandas_index():
+    t = pd.DataFrame({"method": ["ce", "b|s"], "top-1": [38.3149, float("nan")], "ok": [True, False]})
+    md = report.md_table(t.set_index("method"), "Top-1\n of  each", "tab-x")
+    lines = md.splitlines()
+    assert lines[:3] == ["~~~{table} Top-1 of each", ":name: tab-x", ":align: left"] and lines[-1] == "~~~"
+    assert lines[4] == "| method | top-1 | ok |" and lines[5] == "|:---|---:|:---|"  # index -> a column; numbers right
+    assert lines[6] == "| ce | 38.31 | yes |" and lines[7] == "| b\\|s | – | no |"  # 2 decimals, '|' escaped, NaN '–'
+    unnamed = report.md_table(pd.DataFrame({"a": [1]}, index=[7]), "c", "tab-y")
+    assert "| a |" in unnamed and "7" not in unnamed  # an unnamed index (row numbers) is dropped
+    empty = report.md_table(pd.DataFrame(), "c", "tab-z", empty="no runs yet: make demo")
+    assert ":name: tab-z" in empty and "| no runs yet: make demo |" in empty  # the label exists before any run
+
+
+def test_comparison_table_puts_the_interval_beside_the_difference_in_method_order():
+    cmp = pd.DataFrame({"data": ["d", "d"], "method": ["ldam", "focal"], "diff": [1.234, -0.5], "low": [-0.41, -1.0],
+                        "high": [2.87, 0.0], "p": [0.2, 0.04], "p_adj": [0.2, 0.08], "significant": [False, False],
+                        "how": ["paired t over 3 seeds"] * 2})
+    t = report.comparison_table(cmp, ["data"])
+    assert t["method"].tolist() == ["focal", "ldam"]  # the thesis's loss order, not the input's
+    assert t.iloc[1]["difference [95% CI]"] == "+1.23 [-0.41, +2.87]" and t.iloc[0]["p (BH)"] == "0.080"
+    assert report.comparison_table(pd.DataFrame(), ["data"]).empty
+
+
+def test_published_sources_are_one_footnote_per_paper_table_however_spelled():
+    assert report.source_note("Cao et al. 2019 Table 2") == report.source_note(
+        "Cao et al. 2019 (LDAM-DRW, arXiv 1906.07413) Table 2") == "{cite:t}`cao2019ldam`, Table 2"
+    assert report.source_note("Menon et al. 2021 (logit adjustment) Table 3, mean of 5 trials") == \
+        "{cite:t}`menon2021la`, Table 3"
+    assert report.source_note("Cao et al. 2019 Table 2 (re-run)") == "{cite:t}`cao2019ldam`, Table 2 (re-run)"
+    pivot, notes = report.published_pivot(report.published("cifar_lt_resnet32_published.csv"))
+    assert len(notes) == len(set(notes)) == 6 and pivot.columns[0] == "method"
+    col = pivot["CIFAR-100-LT IF 100"]
+    assert sum("**" in c for c in col) == 1 and col[pivot["method"] == "ce"].item().count("{sup}") == 2
 
 
 def test_book_cache_is_dropped_when_results_change(tmp_path):
@@ -133,3 +185,19 @@ def test_findings_state_the_best_method_against_ce_from_the_runs():
     tie = pd.DataFrame([{**r, "method": "wce"} if r["method"] == "bs" else r for r in rows])
     tie.loc[tie["method"] == "wce", "balanced.top1"] = tie.loc[tie["method"] == "ce", "balanced.top1"].to_numpy()
     assert "best is ce on resnet32" in findings(tie)[0] and "no method beats plain CE" in findings(tie)[0]
+
+
+def test_repository_buttons_only_with_a_real_address(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("LTKIT_REPOSITORY_URL", "git@github.com:someone/ltkit.git")
+    assert report.repository_url() == "https://github.com/someone/ltkit"
+    dest = tmp_path / "cfg.yml"
+    assert report.repository_config(report.repository_url(), dest=dest) == dest
+    cfg = yaml.safe_load(dest.read_text())
+    assert cfg["repository"]["url"] == "https://github.com/someone/ltkit" and cfg["html"]["use_repository_button"]
+    assert cfg["bibtex_bibfiles"] == yaml.safe_load(report.BOOK_CONFIG.read_text())["bibtex_bibfiles"]  # the rest kept
+    monkeypatch.setenv("LTKIT_REPOSITORY_URL", "")
+    monkeypatch.chdir(tmp_path)
+    assert report.repository_url(cwd=tmp_path) is None  # no remote (not a checkout): no buttons, no made-up link
+    assert report.repository_config(None, dest=dest) is None and not dest.exists()
