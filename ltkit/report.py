@@ -18,7 +18,7 @@ import pandas as pd
 from .io import atomic_write_text, read_json, stat_digest
 from .layout import ALIAS, EXECUTED_NOTEBOOK, METRICS, PROVENANCE, REPO, default_results_root, parse_run_dir, root_of
 from .metrics import BEST_EPOCH_ON_TEST, HEADLINE, key, relative_accuracy
-from .results import load_metrics
+from .results import Status, load_metrics
 from .stats import adjust_pvalues, bootstrap_difference, paired_difference, t_interval
 
 THESIS_LOSS_ORDER = ["ce", "focal", "wce", "cb", "bs", "seql", "ldam"]
@@ -71,12 +71,12 @@ def collect(root: str | Path) -> pd.DataFrame:
         metrics = load_metrics(src)
         if src != d:
             row["identical_to_ce"] = True
-            row["status"] = "alias" if metrics is not None else "alias-missing"
+            row["status"] = Status.ALIAS if metrics is not None else Status.ALIAS_PENDING
         elif metrics is not None:
-            row["status"] = "done"
+            row["status"] = Status.DONE
         else:
             prov = _safe_json(d / PROVENANCE)
-            row["status"] = prov.get("status", "missing") if prov else "missing"
+            row["status"] = prov.get("status", Status.MISSING) if prov else Status.MISSING
             row["error"] = prov.get("error") if prov else None
         if metrics:
             row.update(metrics)
@@ -121,7 +121,7 @@ def _safe_json(path: Path) -> dict | None:
 
 
 def finished(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["status"].isin(["done", "alias"])] if len(df) else df
+    return df[df["status"].isin([Status.DONE, Status.ALIAS])] if len(df) else df
 
 
 def split_legacy(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -137,7 +137,7 @@ def failed(df: pd.DataFrame) -> pd.DataFrame:
     cols = ["protocol", "data", "model", "method", "seed", "error"]
     if not len(df):
         return pd.DataFrame(columns=cols)
-    return df[df["status"] == "failed"].reindex(columns=cols)
+    return df[df["status"] == Status.FAILED].reindex(columns=cols)
 
 
 # --------------------------------------------------------------------------- tables
@@ -503,6 +503,16 @@ def _cell(v: Any, digits: int) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 
+def _numeric_column(col: pd.Series) -> bool:
+    """Numbers, or cells that read as numbers ('84.20 ± 3.11', '**+1.20** [..]', '38.32{sup}`1`'): right-aligned."""
+    if pd.api.types.is_bool_dtype(col):
+        return False
+    if pd.api.types.is_numeric_dtype(col):
+        return True
+    cells = [str(v) for v in col if isinstance(v, str) and v not in ("", "–")]
+    return bool(cells) and all(re.match(r"^\**[+\-−]?\d", v) for v in cells)
+
+
 def md_table(table: pd.DataFrame, caption: str, name: str, empty: str = "no runs yet", digits: int = 2) -> str:
     """A numbered, captioned MyST table (the ``{table}`` directive, labelled ``name`` for ``{numref}``) from a frame.
 
@@ -515,7 +525,7 @@ def md_table(table: pd.DataFrame, caption: str, name: str, empty: str = "no runs
     t = table.reset_index(drop=all(n is None for n in table.index.names))
     if t.empty:
         t = pd.DataFrame({"": [empty]})
-    numeric = [pd.api.types.is_numeric_dtype(t[c]) and not pd.api.types.is_bool_dtype(t[c]) for c in t.columns]
+    numeric = [_numeric_column(t[c]) for c in t.columns]
     head = "| " + " | ".join(_cell(str(c), digits) if str(c) else " " for c in t.columns) + " |"
     rule = "|" + "|".join("---:" if num else ":---" for num in numeric) + "|"
     rows = ["| " + " | ".join(_cell(v, digits) for v in r) + " |" for r in t.itertuples(index=False)]
