@@ -1,4 +1,4 @@
-# ltkit: make setup | test | demo | run-all | bench | book | publish | lock | clean
+# ltkit: make setup | test | demo | run-all | bench | book | publish | lock | clean | gpu-bundle | gpu-session | gpu-bench
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 LTKIT  := $(VENV)/bin/ltkit
@@ -14,7 +14,7 @@ endif
 
 LOCK   := requirements.lock
 
-.PHONY: setup test demo run-all bench book publish lock clean clean-results lint
+.PHONY: setup test demo run-all bench book publish lock clean clean-results lint gpu-bundle gpu-session gpu-bench
 
 setup: $(VENV)/.installed
 
@@ -62,6 +62,53 @@ book: setup
 # One step to GitHub Pages: the built HTML onto the gh-pages branch of `origin`, pushed.
 publish: book
 	$(PY) -m ghp_import --no-jekyll --push --force --message "book built from $$(git rev-parse --short HEAD)" book/_build/html
+
+# ------------------------------------------------------------------ a GPU lent for one session
+# Here, at no GPU time: `make gpu-bundle` packs Cao et al.'s CIFAR-100-LT IF 100 subset (+ its validation images
+# and the test set) into .gpu_data/ and fetches the wheels the GPU machine lacks into .whl/ (what its image
+# already has is listed in configs/gpu-image-packages.txt); both travel as `carry` (64 MiB with the tree).
+# There, in one command of at most 10 minutes:
+#   LTKIT_GIT_COMMIT=<sha> make gpu-session GPU_ONLY=ce,ldam_drw,bs,la,ce_drw GPU_SECONDS=480
+# runs the grid until GPU_SECONDS, then stops it as Ctrl-C does (finished runs stay, the others resume
+# from their checkpoints next time on a warm machine) and tars results/ into $$OUT/results.tgz.
+# `make gpu-bench` measures the packed-model throughput (appendix A) into $$OUT.
+GPU_PY      ?= python3
+GPU_GRID    ?= configs/cao2019-cifar100-if100.yaml
+GPU_SECONDS ?= 480
+GPU_ONLY    ?=
+GPU_SEEDS   ?=
+GPU_ARGS    ?=
+GPU_RESULTS ?= results
+GPU_OUT     ?= $(or $(OUT),/tmp/ltkit-gpu-out)
+GPU_WHEELS  := papermill ipykernel nbformat submitit
+GPU_TAGS    := --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+               --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+               --platform manylinux1_x86_64
+GPU_SELECT   = --results $(GPU_RESULTS) $(if $(GPU_ONLY),--only $(GPU_ONLY)) $(if $(GPU_SEEDS),--seeds $(GPU_SEEDS)) $(GPU_ARGS)
+GPU_ENV     := LTKIT_DATA=$(CURDIR)/.gpu_data PYTHONPATH=$(CURDIR):/tmp/ltkit-site PYTHONUNBUFFERED=1
+
+gpu-bundle: setup
+	test -f .gpu_data/cifar100/train.npz || $(LTKIT) data pack --src $(LTKIT_DATA) --out .gpu_data/cifar100 --protocol cao2019
+	rm -rf .whl && $(PY) -m pip download -q $(GPU_TAGS) -c $(LOCK) -d .whl $(GPU_WHEELS)
+	@for w in .whl/*.whl; do n=$$(basename $$w | cut -d- -f1 | tr 'A-Z_.' 'a-z--'); \
+	  if grep -qx "$$n" configs/gpu-image-packages.txt; then rm $$w; fi; done
+	@du -cb .gpu_data .whl | tail -1 | awk '{printf "to carry: .gpu_data .whl = %.1f MiB (64 MiB travel, the tree included)\n", $$1/1048576}'
+
+gpu-session:
+	$(GPU_PY) -m pip install -q --no-index --find-links .whl $(GPU_WHEELS) \
+	  || $(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/ltkit-site .whl/*.whl
+	mkdir -p $(GPU_OUT)
+	@echo "commit $${LTKIT_GIT_COMMIT:?set LTKIT_GIT_COMMIT=<sha>: the tree travels without .git}"
+	-$(GPU_ENV) timeout -s INT $(GPU_SECONDS) $(GPU_PY) -m ltkit.cli grid run $(GPU_GRID) $(GPU_SELECT) \
+	  2>&1 | tee $(GPU_OUT)/grid.log
+	$(GPU_ENV) $(GPU_PY) -m ltkit.cli grid status $(GPU_GRID) $(GPU_SELECT) | tee $(GPU_OUT)/status.txt
+	mkdir -p $(GPU_RESULTS) && tar czf $(GPU_OUT)/results.tgz -C $(GPU_RESULTS) .
+	@ls -la $(GPU_OUT)
+
+gpu-bench:
+	mkdir -p $(GPU_OUT)
+	$(GPU_ENV) $(GPU_PY) benchmarks/throughput.py --models resnet50 --pack-sizes 1 4 8 16 32 2>&1 | tee $(GPU_OUT)/bench.log
+	cp benchmarks/results/*.json $(GPU_OUT)/
 
 clean:
 	rm -rf book/_build .pytest_cache .ruff_cache .hypothesis
