@@ -341,7 +341,7 @@ def findings(df: pd.DataFrame, key: str = HEADLINE, scale: float = 100.0) -> lis
         if len(ce) and float(ce["mean"].iloc[0]) >= best["mean"]:  # a tie with CE (an alias, say) is CE's
             best = ce.iloc[0]
         spread = (f"± {best['std']:.2f} over {int(best['n'])} seeds" if best["n"] > 1 else "1 seed")
-        text = (f"**{protocol}, {data}**: best is {best['method']} on {best['model']}, {best['mean']:.2f} % "
+        text = (f"**{protocol}, {data}**: best is {method_label(best['method'])} on {best['model']}, {best['mean']:.2f} % "
                 f"balanced top-1 ({spread})")
         if best["method"] != "ce" and len(ce):
             row = cmp[(cmp["protocol"] == protocol) & (cmp["data"] == data) & (cmp["model"] == best["model"])
@@ -424,6 +424,20 @@ METHOD_ORDER = ["ce", "focal", "wce", "cb", "cb_reweighting", "cb_focal", "cb_be
                 "ce_drw", "ce_drs", "ldam_drw", "la", "la_loss", "la_posthoc", "ce_cbs", "cb_resampling", "ce_sqrt",
                 "ce_progressive", "crt", "tau_norm", "lws", "two_expert"]
 DATASET_NAMES = {"cifar100_lt": "CIFAR-100-LT", "cifar10_lt": "CIFAR-10-LT"}
+# What tables and legends call a method (the thesis's abbreviations, the papers' names); a method
+# not listed keeps its grid name. The grids, paths and provenance keep the names of the configs.
+METHOD_LABELS = {"ce": "CE", "focal": "Focal", "wce": "WCE", "cb": "CB", "cb_reweighting": "CB re-weighting",
+                 "cb_focal": "CB focal", "cb_best": "CB (best)", "bs": "BS", "seql": "SEQL", "eql": "EQL",
+                 "ldam": "LDAM", "ce_drw": "CE-DRW", "ce_drs": "CE-DRS", "ldam_drw": "LDAM-DRW", "la": "LA loss",
+                 "la_loss": "LA loss", "la_posthoc": "post-hoc LA", "ce_cbs": "CE + CB sampling",
+                 "cb_resampling": "CB re-sampling", "ce_sqrt": "CE + sqrt sampling",
+                 "ce_progressive": "CE + progressive sampling", "crt": "cRT", "tau_norm": "τ-norm", "lws": "LWS",
+                 "two_expert": "two experts"}
+
+
+def method_label(method: str) -> str:
+    """A method's name in tables, legends and sentences (:data:`METHOD_LABELS`), its grid name otherwise."""
+    return METHOD_LABELS.get(method, method)
 
 
 def method_order(methods) -> list[str]:
@@ -477,7 +491,7 @@ def published_sentences(table: pd.DataFrame) -> list[str]:
     out = []
     for _, r in table.iterrows():
         ours = f"{r['ours_best_on_test']:.2f}" + (f" ± {r['seed_std']:.2f}" if np.isfinite(r["seed_std"]) else "")
-        head = (f"**{r['method']}** ({r['data']}, {r['seeds']} seed{'s' if r['seeds'] != 1 else ''}): ours {ours} "
+        head = (f"**{method_label(r['method'])}** ({r['data']}, {r['seeds']} seed{'s' if r['seeds'] != 1 else ''}): ours {ours} "
                 f"(best epoch on test; last epoch {r['ours_last']:.2f}) vs {r['published']:.2f} in {r['source']}")
         if not r["beyond_spread"]:
             out.append(f"{head}: within our seed spread.")
@@ -492,15 +506,21 @@ def published_sentences(table: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------- numbered tables for the book
 
 
+_NUMBER = re.compile(r"^\**[+\-−]?\d")  # a cell that reads as a number ('84.20 ± 3.11', '**+1.20** [..]')
+
+
 def _cell(v: Any, digits: int) -> str:
     """One table cell as Markdown: floats to ``digits`` decimals, missing as '–', booleans yes/no, '|' escaped."""
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
+    if v is None or v is pd.NA or v is pd.NaT:
+        return "–"
     if isinstance(v, (float, np.floating)):
         return "–" if not np.isfinite(v) else f"{v:.{digits}f}"
     if v is None or (isinstance(v, str) and not v):
         return "–"
-    return str(v).replace("|", "\\|").replace("\n", " ")
+    text = str(v).replace("|", "\\|").replace("\n", " ")
+    return text.replace(" ", "\u00a0") if _NUMBER.match(text) else text  # '84.20 ± 3.11' never wraps
 
 
 def _numeric_column(col: pd.Series) -> bool:
@@ -510,7 +530,7 @@ def _numeric_column(col: pd.Series) -> bool:
     if pd.api.types.is_numeric_dtype(col):
         return True
     cells = [str(v) for v in col if isinstance(v, str) and v not in ("", "–")]
-    return bool(cells) and all(re.match(r"^\**[+\-−]?\d", v) for v in cells)
+    return bool(cells) and all(_NUMBER.match(v) for v in cells)
 
 
 def md_table(table: pd.DataFrame, caption: str, name: str, empty: str = "no runs yet", digits: int = 2) -> str:
@@ -523,6 +543,8 @@ def md_table(table: pd.DataFrame, caption: str, name: str, empty: str = "no runs
     ``{glue:md}`` directive in ``:format: myst`` (myst-nb), which numbers it like any other table.
     """
     t = table.reset_index(drop=all(n is None for n in table.index.names))
+    if "method" in t:
+        t = t.assign(method=t["method"].map(lambda m: method_label(m) if isinstance(m, str) else m))
     if t.empty:
         t = pd.DataFrame({"": [empty]})
     numeric = [_numeric_column(t[c]) for c in t.columns]
@@ -645,7 +667,11 @@ def bars(long: pd.DataFrame, hue: str, order: list[str] | None = None, ax=None, 
                       dodge=True, size=2.5, palette="dark:black", legend=False, jitter=False)
     ax.set_xlabel("")
     ax.set_ylabel(ylabel)
-    ax.legend(frameon=False, ncol=min(len(hue_order), 7), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    handles, labels = ax.get_legend_handles_labels()
+    if hue == "method":
+        labels = [method_label(x) for x in labels]
+    ax.legend(handles, labels, frameon=False, ncol=min(len(hue_order), 7), fontsize=8, loc="upper center",
+              bbox_to_anchor=(0.5, -0.12))
     return ax
 
 
@@ -680,21 +706,23 @@ def published(name: str) -> pd.DataFrame:
     return pd.read_csv(REPO / "book" / "data" / name)
 
 
-def refresh_book_cache(build_dir: str | Path | None = None, roots: list[str | Path] | None = None) -> bool:
-    """Drop the book's execution cache when anything under ``results/`` (or the benchmark figures)
-    changed since the last build.
+def refresh_book_cache(build_dir: str | Path | None = None, roots: list[str | Path] | None = None,
+                       code: list[str | Path] | None = None) -> bool:
+    """Drop the book's execution cache when anything under ``results/`` (or the benchmark figures,
+    the published tables in ``book/data``) or the library the pages call (``ltkit/*.py``) changed
+    since the last build.
 
     jupyter-book's cache is keyed on a page's code, and Sphinx re-reads only pages
     whose source changed, so without this a rebuilt book would show the tables of
-    the previous results.
+    the previous results, or of the previous version of :mod:`ltkit.report`.
     Returns True when the cache was dropped.
     """
     import shutil
 
-
     build = Path(build_dir or REPO / "book" / "_build")
-    roots = [Path(r) for r in (roots or [results_root(), REPO / "benchmarks" / "results"])]
+    roots = [Path(r) for r in (roots or [results_root(), REPO / "benchmarks" / "results", REPO / "book" / "data"])]
     files = [f for root in roots if root.exists() for f in sorted(root.rglob("*")) if f.is_file()]
+    files += [Path(f) for f in (code if code is not None else sorted((REPO / "ltkit").glob("*.py")))]
     env = "\n".join(os.environ.get(k, "") for k in ("LTKIT_RESULTS", "LTKIT_DEMO_RESULTS"))
     stamp, digest = build / ".results-stamp", stat_digest(files, env)
     if stamp.exists() and stamp.read_text() == digest:

@@ -59,7 +59,7 @@ def test_book_builds_from_fresh_demo_results(tmp_path):
     built = tmp_path / "build" / "_build" / "html"
     demo = (built / "demo.html").read_text()
     assert "no demo runs yet" not in demo
-    assert '<table class="table' in demo and "<img" in demo and "<p>bs</p>" in demo  # table and figure made it
+    assert '<table class="table' in demo and "<img" in demo and "<p>BS</p>" in demo and "<p>bs</p>" not in demo  # short names
     assert captions(demo) == ["Table 7.1", "Fig. 7.1", "Table 7.2", "Table 7.3"]  # numbered per chapter
     assert 'href="#tab-demo-vs-ce"' in demo  # and referenced from the text
     res = (built / "results.html").read_text()

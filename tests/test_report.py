@@ -88,7 +88,7 @@ def test_md_table_is_a_numbered_myst_table_without_the_pandas_index():
     lines = md.splitlines()
     assert lines[:3] == ["~~~{table} Top-1 of each", ":name: tab-x", ":align: left"] and lines[-1] == "~~~"
     assert lines[4] == "| method | top-1 | ok |" and lines[5] == "|:---|---:|:---|"  # index -> a column; numbers right
-    assert lines[6] == "| ce | 38.31 | yes |" and lines[7] == "| b\\|s | – | no |"  # 2 decimals, '|' escaped, NaN '–'
+    assert lines[6] == "| CE | 38.31 | yes |" and lines[7] == "| b\\|s | – | no |"  # 2 decimals, '|' escaped, NaN '–'
     unnamed = report.md_table(pd.DataFrame({"a": [1]}, index=[7]), "c", "tab-y")
     assert "| a |" in unnamed and "7" not in unnamed  # an unnamed index (row numbers) is dropped
     empty = report.md_table(pd.DataFrame(), "c", "tab-z", empty="no runs yet: make demo")
@@ -131,6 +131,17 @@ def test_book_cache_is_dropped_when_results_change(tmp_path):
     assert report.refresh_book_cache(build, [res]) is True and not (build / ".jupyter_cache").exists()
 
 
+def test_book_cache_is_dropped_when_the_library_the_pages_call_changes(tmp_path):
+    build, res, lib = tmp_path / "_build", tmp_path / "results", tmp_path / "report.py"
+    res.mkdir()
+    lib.write_text("LABEL = 'ce'")
+    assert report.refresh_book_cache(build, [res], code=[lib]) is True
+    (build / ".jupyter_cache").mkdir()
+    assert report.refresh_book_cache(build, [res], code=[lib]) is False
+    lib.write_text("LABEL = 'CE'  # a new version of ltkit.report: the pages' tables change without a new result")
+    assert report.refresh_book_cache(build, [res], code=[lib]) is True and not (build / ".jupyter_cache").exists()
+
+
 def test_against_published_flags_what_lies_beyond_the_seed_spread():
     pub = report.published("cifar_lt_resnet32_published.csv")
     rows = []
@@ -146,8 +157,8 @@ def test_against_published_flags_what_lies_beyond_the_seed_spread():
     la = t.loc[("la", "la_recipe")]  # our 'la' is the paper's 'la_loss'
     assert la["published"] == 43.89 and not la["investigate"]  # another recipe: never a same-recipe finding
     text = report.published_sentences(t.reset_index())
-    assert any("ldam_drw" in x and "-2.04 points" in x and "investigate" in x for x in text)
-    assert any(x.startswith("**ce**") and "within our seed spread" in x for x in text)
+    assert any("LDAM-DRW" in x and "-2.04 points" in x and "investigate" in x for x in text)
+    assert any(x.startswith("**CE**") and "within our seed spread" in x for x in text)
 
 
 def test_seaborn_bars_take_error_bars_and_points_from_the_runs():
@@ -179,12 +190,12 @@ def test_findings_state_the_best_method_against_ce_from_the_runs():
                          "seed": seed, "balanced.top1": v, "path": ""})
     lines = findings(pd.DataFrame(rows))
     assert len(lines) == 1
-    assert "best is bs on resnet32, 45.33 %" in lines[0] and "± 1.53 over 3 seeds" in lines[0]
+    assert "best is BS on resnet32, 45.33 %" in lines[0] and "± 1.53 over 3 seeds" in lines[0]
     assert "against CE's 40.00 %" in lines[0] and "difference +5.33 points" in lines[0]
     assert findings(pd.DataFrame()) == []
     tie = pd.DataFrame([{**r, "method": "wce"} if r["method"] == "bs" else r for r in rows])
     tie.loc[tie["method"] == "wce", "balanced.top1"] = tie.loc[tie["method"] == "ce", "balanced.top1"].to_numpy()
-    assert "best is ce on resnet32" in findings(tie)[0] and "no method beats plain CE" in findings(tie)[0]
+    assert "best is CE on resnet32" in findings(tie)[0] and "no method beats plain CE" in findings(tie)[0]
 
 
 def test_repository_buttons_only_with_a_real_address(tmp_path, monkeypatch):
@@ -201,3 +212,11 @@ def test_repository_buttons_only_with_a_real_address(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert report.repository_url(cwd=tmp_path) is None  # no remote (not a checkout): no buttons, no made-up link
     assert report.repository_config(None, dest=dest) is None and not dest.exists()
+
+
+def test_tables_and_legends_show_the_methods_short_names():
+    md = report.md_table(pd.DataFrame({"method": ["ldam_drw", "my_own"], "x": [1.0, 2.0]}), "c", "tab-m")
+    assert "| LDAM-DRW |" in md and "| my_own |" in md  # a method without a label keeps its grid name
+    long = report.tidy(frame(), {"balanced.top1": "Balanced"}, ["method", "seed"])
+    ax = report.bars(long, hue="method")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["CE", "BS"]
