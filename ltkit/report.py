@@ -555,6 +555,27 @@ def md_table(table: pd.DataFrame, caption: str, name: str, empty: str = "no runs
     return "\n".join([f"~~~{{table}} {caption}", f":name: {name}", ":align: left", "", head, rule, *rows, "~~~"])
 
 
+def glue_table(key: str, table: pd.DataFrame, caption: str, name: str, empty: str = "no runs yet", digits: int = 2,
+               after: str = "") -> None:
+    """In a book page: :func:`md_table`'s numbered table (and ``after``, Markdown shown below it, such as
+    footnotes) glued under ``key`` for a ``{glue:md}`` directive with ``:format: myst`` (myst-nb)."""
+    from IPython.display import Markdown
+    from myst_nb import glue
+
+    glue(key, Markdown(md_table(table, caption, name, empty=empty, digits=digits) + (f"\n\n{after}" if after else "")),
+         display=False)
+
+
+def glue_figure(key: str, fig) -> None:
+    """In a book page: a figure glued under ``key`` for a ``{glue:figure}`` directive (which numbers and
+    captions it), then closed so the page does not show it a second time."""
+    import matplotlib.pyplot as plt
+    from myst_nb import glue
+
+    glue(key, fig, display=False)
+    plt.close(fig)
+
+
 def comparison_table(cmp: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """:func:`compare_to_baseline`'s rows as a reader scans them: the difference with its 95% interval
     in one cell ('+1.23 [−0.41, +2.87]'), BH-adjusted p, a yes/no verdict, and how it was computed."""
