@@ -1,4 +1,4 @@
-# ltkit: make setup | test | demo | run-all | bench | book | publish | lock | clean | gpu-bundle | gpu-session | gpu-bench
+# ltkit: make setup | test | demo | run-all | bench | book | publish | lock | clean | gpu-bundle | gpu-session | gpu-import | gpu-bench
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 LTKIT  := $(VENV)/bin/ltkit
@@ -14,7 +14,7 @@ endif
 
 LOCK   := requirements.lock
 
-.PHONY: setup test demo run-all bench book publish lock clean clean-results lint gpu-bundle gpu-session gpu-bench
+.PHONY: setup test demo run-all bench book publish lock clean clean-results lint gpu-bundle gpu-session gpu-import gpu-bench
 
 setup: $(VENV)/.installed
 
@@ -70,7 +70,8 @@ publish: book
 # There, in one command of at most 10 minutes:
 #   LTKIT_GIT_COMMIT=<sha> make gpu-session GPU_ONLY=ce,ldam_drw,bs,la,ce_drw GPU_SECONDS=480
 # runs the grid until GPU_SECONDS, then stops it as Ctrl-C does (finished runs stay, the others resume
-# from their checkpoints next time on a warm machine) and tars results/ into $$OUT/results.tgz.
+# from their checkpoints next time on a warm machine) and tars results/ into $$OUT/results.tgz; packed runs'
+# notebooks are left to `make gpu-import TGZ=...` here (CPU time, not GPU time).
 # `make gpu-bench` measures the packed-model throughput (appendix A) into $$OUT.
 GPU_PY      ?= python3
 GPU_GRID    ?= configs/cao2019-cifar100-if100.yaml
@@ -99,11 +100,18 @@ gpu-session:
 	  || $(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/ltkit-site .whl/*.whl
 	mkdir -p $(GPU_OUT)
 	@echo "commit $${LTKIT_GIT_COMMIT:?set LTKIT_GIT_COMMIT=<sha>: the tree travels without .git}"
-	-$(GPU_ENV) timeout -s INT $(GPU_SECONDS) $(GPU_PY) -m ltkit.cli grid run $(GPU_GRID) $(GPU_SELECT) \
+	-$(GPU_ENV) timeout -s INT $(GPU_SECONDS) $(GPU_PY) -m ltkit.cli grid run $(GPU_GRID) $(GPU_SELECT) --no-notebooks \
 	  2>&1 | tee $(GPU_OUT)/grid.log
 	$(GPU_ENV) $(GPU_PY) -m ltkit.cli grid status $(GPU_GRID) $(GPU_SELECT) | tee $(GPU_OUT)/status.txt
 	mkdir -p $(GPU_RESULTS) && tar czf $(GPU_OUT)/results.tgz -C $(GPU_RESULTS) .
 	@ls -la $(GPU_OUT)
+
+# Here again: unpack what the session brought back and execute the packed runs' notebooks (CPU, ../shared data).
+gpu-import: setup
+	@test -f "$(TGZ)" || { echo "usage: make gpu-import TGZ=path/to/results.tgz [GPU_GRID=...]"; exit 2; }
+	tar xzf $(TGZ) -C $(GPU_RESULTS)
+	$(LTKIT) grid record $(GPU_GRID) --results $(GPU_RESULTS)
+	git status --short $(GPU_RESULTS) | head -60
 
 gpu-bench:
 	mkdir -p $(GPU_OUT)

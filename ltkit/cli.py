@@ -3,6 +3,7 @@
     ltkit grid list   configs/demo.yaml
     ltkit grid run    configs/demo.yaml [--force] [--no-dedupe] [--jobs N] [--executor local|slurm|submitit-local|debug]
     ltkit grid status configs/demo.yaml
+    ltkit grid record configs/cao2019-cifar100-if100.yaml   # notebooks of runs trained packed (CPU)
     ltkit data pack   --src ../shared/data --out .gpu_data/cao --protocol cao2019
     ltkit data inspect --src path/to/my_images    # one sub-folder per class: counts, IF, bad files
     ltkit data subsets --out book/data/cao2019_subsets.json   # Cao et al.'s CIFAR-LT image lists
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="how much the library logs (default: info)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("grid", help="list, run or report a grid of runs")
-    g.add_argument("action", choices=["list", "run", "status"])
+    g.add_argument("action", choices=["list", "run", "status", "record"],
+                   help="record: execute the notebooks of finished packed runs that lack one (CPU)")
     g.add_argument("grid", help="grid YAML file (configs/*.yaml)")
     g.add_argument("--force", action="store_true", help="re-run finished runs")
     g.add_argument("--no-dedupe", action="store_true", help="also train runs that are identical to CE by construction")
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="train compatible small runs as one packed model (default: the grid's 'pack', auto)")
     g.add_argument("--tensorboard", action="store_true",
                    help="write per-epoch TensorBoard scalars beside each run's checkpoint (tensorboard --logdir checkpoints)")
+    g.add_argument("--no-notebooks", action="store_true",
+                   help="run: leave the packed runs' notebooks to `ltkit grid record` (on a GPU lent by the minute)")
     g.add_argument("--only", default=None, help="comma-separated method names to keep")
     g.add_argument("--seeds", default=None, help="comma-separated seeds to keep")
     d = sub.add_parser("data", help="data utilities")
@@ -189,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{st:9s} {cfg.run_path()}" + (f"  [{detail}]" if detail else ""))
         print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
         return 0
+    if args.action == "record":
+        from .grid import record_notebooks
+
+        rec = record_notebooks(grid, jobs=args.jobs)
+        print(f"notebooks executed {len(rec['done'])}, failed {len(rec['failed'])}, busy {len(rec['busy'])}")
+        return 1 if rec["failed"] else 0
     if args.executor != "local":
         from .submit import submit_grid
 
@@ -209,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _term)
     try:
-        summary = run_grid(grid, force=args.force, dedupe=not args.no_dedupe, jobs=args.jobs)
+        summary = run_grid(grid, force=args.force, dedupe=not args.no_dedupe, jobs=args.jobs,
+                           notebooks=not args.no_notebooks)
     except ConfigError as exc:
         print(f"ltkit: {exc}", file=sys.stderr)
         return 2
@@ -224,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         for p in summary["stale"]:
             print(f"  {p}", file=sys.stderr)
         return 1
+    if summary["no_notebook"]:
+        print(f"{len(summary['no_notebook'])} packed run(s) finished without their notebook: "
+              f"`ltkit grid record {args.grid}` executes them", file=sys.stderr)
     if summary["failed"]:
         print("failed runs (their executed notebooks keep the traceback):", file=sys.stderr)
         for p in summary["failed"]:

@@ -472,7 +472,7 @@ class Outcome(StrEnum):
 
 # run_grid's summary: each outcome, plus what planning settled without running
 # (skipped: already done or an alias; aliased: written now; stale: done with another configuration)
-SUMMARY_KEYS = (*(str(o) for o in Outcome), "skipped", "aliased", "stale")
+SUMMARY_KEYS = (*(str(o) for o in Outcome), "skipped", "aliased", "stale", "no_notebook")
 
 
 def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, force: bool = False) -> str:
@@ -610,6 +610,64 @@ def execute_pack(grid: Grid, cfgs: list[RunConfig], env: dict[str, str] | None =
     return out
 
 
+def lacks_notebook(grid: Grid, cfg: RunConfig) -> bool:
+    """A finished run without its executed notebook: one a packed model trained (``ltkit.packrun`` writes
+    the result files, not a notebook)."""
+    run_dir = grid.run_dir(cfg)
+    return run_status(run_dir, cfg.fingerprint()) == Status.DONE and not (run_dir / EXECUTED_NOTEBOOK).exists()
+
+
+def record_notebook(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None) -> str:
+    """Execute a packed run's notebook into its results folder: the same notebook and parameters as a
+    single run, which finds the run recorded (:func:`ltkit.notebook.packed_record`) and shows that
+    record (data, learning curves, metrics, per-class accuracy) without training or writing results.
+    Returns 'done', 'failed', 'interrupted' or 'busy'."""
+    run_dir, ckpt = grid.run_dir(cfg), grid.ckpt_dir(cfg)
+    if STOP.is_set():
+        return Outcome.INTERRUPTED
+    try:
+        with run_lock(ckpt / RUNNER_LOCK):
+            params_file, partial = ckpt / NOTEBOOK_PARAMETERS, ckpt / PARTIAL_NOTEBOOK
+            atomic_write_text(params_file, yaml.safe_dump(notebook_parameters(grid, cfg)))
+            cmd = papermill_command(grid, cfg, partial, params_file)
+            proc = _papermill(cmd, {**os.environ, **(env or {}), "LTKIT_COMMAND": " ".join(cmd), "PYTHONUNBUFFERED": "1"})
+            if STOP.is_set():
+                return Outcome.INTERRUPTED
+            if proc.returncode == 0 and partial.exists():
+                atomic_write_bytes(run_dir / EXECUTED_NOTEBOOK, partial.read_bytes())
+                partial.unlink()
+                return Outcome.DONE
+            err = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+            _log.error(f"no notebook for {cfg.run_path()}: {err} (its results stand; `ltkit grid record` tries again)")
+            return Outcome.FAILED
+    except LockHeld as exc:
+        _log.info(f"skip {cfg.run_path()}: {exc}")
+        return Outcome.BUSY
+
+
+def record_notebooks(grid: Grid, jobs: int | None = None, stagger: float = 1.0) -> dict[str, list[str]]:
+    """Execute the notebooks that packed runs lack (``ltkit grid record``; ``run_grid`` calls it at the
+    end unless told not to). CPU work: on a GPU lent by the minute, leave it to a CPU machine."""
+    from tqdm.auto import tqdm
+
+    todo = [c for c in grid.runs if lacks_notebook(grid, c)]
+    out: dict[str, list[str]] = {str(o): [] for o in Outcome}
+    if not todo:
+        return out
+    _log.info(f"{grid.name}: executing the notebooks of {len(todo)} packed run(s)")
+    with ThreadPoolExecutor(max_workers=max(1, jobs or 1)) as pool, \
+            tqdm(total=len(todo), desc=f"{grid.name} notebooks", unit="run") as bar:
+        futures = []
+        for i, cfg in enumerate(todo):
+            futures.append((cfg, pool.submit(record_notebook, grid, cfg)))
+            if i < (jobs or 1):
+                time.sleep(stagger)  # kernels started at the same instant can collide on ZMQ ports
+        for cfg, fut in futures:
+            out[str(fut.result())].append(cfg.run_path())
+            bar.update()
+    return out
+
+
 def _set_aside(run_dir: Path, ckpt: Path) -> None:
     """--force: train afresh. The old metrics and checkpoints are renamed ``*.replaced-<UTC time>``
     (each generation kept), not deleted, and a preempted forced run then resumes from its *new*
@@ -702,8 +760,10 @@ def phases(todo: list[RunConfig]) -> list[list[RunConfig]]:
 
 
 def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | None = None,
-             stagger: float = 1.0) -> dict[str, list[str]]:
-    """Run what is missing: stage-one runs first, then stage-two; one run per slot at a time."""
+             stagger: float = 1.0, notebooks: bool = True) -> dict[str, list[str]]:
+    """Run what is missing: stage-one runs first, then stage-two; one run per slot at a time.
+    Then, unless ``notebooks`` is False, execute the notebooks of the runs that were packed
+    (:func:`record_notebooks`); ``summary['no_notebook']`` lists those left without one."""
     todo, summary = pending_runs(grid, force, dedupe)
     slots = gpu_slots(grid.runs_per_gpu, jobs, sorted({c.model for c in todo}))
     _log.info(f"{grid.name}: {len(todo)} to run on {len(slots)} slot(s); {len(summary['skipped'])} already done, "
@@ -761,4 +821,7 @@ def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | N
                 return summary
         if STOP.is_set():
             break
+    if notebooks and not STOP.is_set():
+        rec = record_notebooks(grid, jobs=len(slots), stagger=stagger)
+        summary["no_notebook"] = rec[Outcome.FAILED] + rec[Outcome.INTERRUPTED] + rec[Outcome.BUSY]
     return summary

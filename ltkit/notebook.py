@@ -15,10 +15,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from .config import FIELDS, RunConfig, make_config
-from .layout import NOTEBOOK
+from .engine import RunResult
+from .io import read_json
+from .layout import NOTEBOOK, PROVENANCE
 from .pipeline import run
-from .results import now, record_failure, write_run
+from .results import Status, load_metrics, now, record_failure, run_status, write_run
 
 
 @cache
@@ -55,9 +60,44 @@ class Clock:
         return time.perf_counter() - self.t0
 
 
+def packed_record(output_dir: str | Path | None, cfg: RunConfig) -> dict | None:
+    """The pack a finished run of this very configuration was trained in (provenance ``run.packed``), else None."""
+    if not output_dir or run_status(output_dir, cfg.fingerprint()) != Status.DONE:
+        return None
+    try:
+        return read_json(Path(output_dir) / PROVENANCE)["run"].get("packed")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_record(output_dir: str | Path, cfg: RunConfig) -> RunResult:
+    """A finished run read back from its results folder, in the shape :func:`train_and_record` returns
+    (no model): what the notebook shows for a run that a packed model trained and recorded."""
+    out = Path(output_dir)
+    with np.load(out / "predictions.npz") as npz:
+        preds = {k.removeprefix("pred_"): npz[k].astype(np.int64) for k in npz.files if k.startswith("pred_")}
+        labels = {k.removeprefix("label_"): npz[k].astype(np.int64) for k in npz.files if k.startswith("label_")}
+    try:
+        history = pd.read_csv(out / "history.csv")
+    except pd.errors.EmptyDataError:
+        history = pd.DataFrame()
+    prov = read_json(out / PROVENANCE)
+    return RunResult(cfg, load_metrics(out) or {}, pd.read_csv(out / "per_class.csv"), history, preds, labels,
+                     prov.get("dataset") or {},
+                     extra={**(prov.get("procedure_extra") or {}), "record_of_pack": prov["run"].get("packed")})
+
+
 def train_and_record(cfg: RunConfig, output_dir: str | Path | None, checkpoint_dir: str | Path | None, clock: Clock,
                      ds=None, progress: bool = True):
-    """Run and write the results folder; on failure, record it in provenance and re-raise."""
+    """Run and write the results folder; on failure, record it in provenance and re-raise.
+
+    A run that a packed model already trained and recorded (:mod:`ltkit.packed`, provenance
+    ``run.packed``) is read back instead, so its notebook shows that record without training
+    or writing anything (``ltkit grid record`` executes such notebooks after a pack); its
+    ``extra['record_of_pack']`` says which pack.
+    """
+    if packed_record(output_dir, cfg) is not None:
+        return load_record(output_dir, cfg)
     try:
         result = run(cfg, ckpt_dir=checkpoint_dir, progress=progress, ds=ds)
     except Exception as exc:

@@ -175,7 +175,7 @@ def test_the_grid_packs_what_it_can_and_writes_the_same_results(tmp_path):
     from conftest import grid_spec
 
     from ltkit.config import ConfigError
-    from ltkit.grid import grid_from_spec, plan, run_grid
+    from ltkit.grid import grid_from_spec, lacks_notebook, plan, record_notebooks, run_grid
     from ltkit.report import collect
 
     methods = ["ce", "bs", "ldam_drw", {"procedure": "la_posthoc", "stage1": "ce"}]
@@ -186,9 +186,23 @@ def test_the_grid_packs_what_it_can_and_writes_the_same_results(tmp_path):
         s["base"]["epochs"] = 2
         g = grid_from_spec(s)
         try:
-            summary = run_grid(g, stagger=0)
+            summary = run_grid(g, stagger=0, notebooks=pack == "off")
             assert len(summary["done"]) == 4, summary
             assert {st for _, st, _ in plan(g)} == {"done"}
+            if pack == 3:  # the packed runs' notebooks: executed afterwards, showing the record, changing nothing
+                lacking = {r.method for r in g.runs if lacks_notebook(g, r)}
+                assert lacking == {"ce", "bs", "ldam_drw"}
+                files = {r.method: {f: (g.run_dir(r) / f).read_bytes() for f in ("metrics.json", "provenance.json")}
+                         for r in g.runs}
+                rec = record_notebooks(g, stagger=0)
+                assert sorted(rec["done"]) == sorted(g.run_dir(r).relative_to(g.results).as_posix()
+                                                     for r in g.runs if r.method in lacking)
+                for r in g.runs:
+                    assert {f: (g.run_dir(r) / f).read_bytes() for f in files[r.method]} == files[r.method]
+                    cells = json.loads((g.run_dir(r) / "train.ipynb").read_text())["cells"]
+                    shown = json.dumps([o for c in cells for o in c.get("outputs", [])])  # outputs, not code
+                    assert ("showing that record" in shown) == (r.method in lacking) and "balanced" in shown
+                assert not any(lacks_notebook(g, r) for r in g.runs)
             df = collect(g.results).set_index("method").sort_index()
             got[pack] = df
             provs = {r.method: json.loads((g.run_dir(r) / "provenance.json").read_text()) for r in g.runs}
