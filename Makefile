@@ -80,6 +80,7 @@ GPU_ONLY    ?=
 GPU_SEEDS   ?=
 GPU_ARGS    ?=
 GPU_RESULTS ?= results
+GPU_BENCH_ARGS ?= --models resnet50 --pack-sizes 1 4 8 16 32
 GPU_OUT     ?= $(or $(OUT),/tmp/ltkit-gpu-out)
 GPU_WHEELS  := papermill ipykernel nbformat submitit
 GPU_TAGS    := --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
@@ -115,7 +116,7 @@ gpu-import: setup
 
 gpu-bench:
 	mkdir -p $(GPU_OUT)
-	$(GPU_ENV) $(GPU_PY) benchmarks/throughput.py --models resnet50 --pack-sizes 1 4 8 16 32 2>&1 | tee $(GPU_OUT)/bench.log
+	$(GPU_ENV) $(GPU_PY) benchmarks/throughput.py $(GPU_BENCH_ARGS) 2>&1 | tee $(GPU_OUT)/bench.log
 	cp benchmarks/results/*.json $(GPU_OUT)/
 
 clean:
