@@ -506,24 +506,10 @@ def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, f
                 record_failure(run_dir, cfg, start, time.time() - t0, problem)
                 _log.error(f"FAILED {cfg.run_path()}: {problem}")
                 return Outcome.FAILED
-            params_file = ckpt / NOTEBOOK_PARAMETERS
-            atomic_write_text(params_file, yaml.safe_dump(notebook_parameters(grid, cfg)))
-            partial = ckpt / PARTIAL_NOTEBOOK
-            cmd = papermill_command(grid, cfg, partial, params_file)
-            full_env = {**os.environ, **(env or {}), "LTKIT_COMMAND": " ".join(cmd), "PYTHONUNBUFFERED": "1"}
-            for attempt in (1, 2):
-                proc = _papermill(cmd, full_env)
-                if STOP.is_set():
-                    _log.warning(f"interrupted {cfg.run_path()}: its checkpoint stays; re-run the grid to resume")
-                    return Outcome.INTERRUPTED
-                died_at_start = any(e in proc.stderr for e in KERNEL_START_ERRORS) and _no_cell_ran(partial)
-                if proc.returncode == 0 or not died_at_start or attempt == 2:
-                    break
-                _log.warning(f"retry {cfg.run_path()}: the kernel died before running a cell")
-                time.sleep(1.0)
-            if partial.exists():  # the executed notebook, whole, also on failure (it keeps the traceback)
-                atomic_write_bytes(run_dir / EXECUTED_NOTEBOOK, partial.read_bytes())
-                partial.unlink()
+            proc = _execute_notebook(grid, cfg, env)
+            if proc is None:
+                _log.warning(f"interrupted {cfg.run_path()}: its checkpoint stays; re-run the grid to resume")
+                return Outcome.INTERRUPTED
             if proc.returncode == 0 and load_metrics(run_dir) is not None:
                 mark_complete(run_dir, cfg.fingerprint())
                 return Outcome.DONE
@@ -542,6 +528,30 @@ def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, f
             pass
         _log.error(f"FAILED {cfg.run_path()}: {err}")
         return Outcome.FAILED
+
+
+def _execute_notebook(grid: Grid, cfg: RunConfig, env: dict[str, str] | None) -> subprocess.CompletedProcess | None:
+    """Write the run's parameters, execute its notebook with papermill into the checkpoint folder (once more
+    if the kernel died before its first cell, papermill issue #511) and move the executed notebook, whole,
+    into the run folder, also on failure (it keeps the traceback). None: the grid was stopped meanwhile."""
+    ckpt = grid.ckpt_dir(cfg)
+    params_file, partial = ckpt / NOTEBOOK_PARAMETERS, ckpt / PARTIAL_NOTEBOOK
+    atomic_write_text(params_file, yaml.safe_dump(notebook_parameters(grid, cfg)))
+    cmd = papermill_command(grid, cfg, partial, params_file)
+    full_env = {**os.environ, **(env or {}), "LTKIT_COMMAND": " ".join(cmd), "PYTHONUNBUFFERED": "1"}
+    for attempt in (1, 2):
+        proc = _papermill(cmd, full_env)
+        if STOP.is_set():
+            return None
+        died_at_start = any(e in proc.stderr for e in KERNEL_START_ERRORS) and _no_cell_ran(partial)
+        if proc.returncode == 0 or not died_at_start or attempt == 2:
+            break
+        _log.warning(f"retry {cfg.run_path()}: the kernel died before running a cell")
+        time.sleep(1.0)
+    if partial.exists():
+        atomic_write_bytes(grid.run_dir(cfg) / EXECUTED_NOTEBOOK, partial.read_bytes())
+        partial.unlink()
+    return proc
 
 
 def _record_failure_once(run_dir: Path, cfg: RunConfig, start: str, seconds: float, err: str) -> None:
@@ -622,21 +632,19 @@ def record_notebook(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = Non
     single run, which finds the run recorded (:func:`ltkit.notebook.packed_record`) and shows that
     record (data, learning curves, metrics, per-class accuracy) without training or writing results.
     Returns 'done', 'failed', 'interrupted' or 'busy'."""
-    run_dir, ckpt = grid.run_dir(cfg), grid.ckpt_dir(cfg)
+    run_dir = grid.run_dir(cfg)
     if STOP.is_set():
         return Outcome.INTERRUPTED
     try:
-        with run_lock(ckpt / RUNNER_LOCK):
-            params_file, partial = ckpt / NOTEBOOK_PARAMETERS, ckpt / PARTIAL_NOTEBOOK
-            atomic_write_text(params_file, yaml.safe_dump(notebook_parameters(grid, cfg)))
-            cmd = papermill_command(grid, cfg, partial, params_file)
-            proc = _papermill(cmd, {**os.environ, **(env or {}), "LTKIT_COMMAND": " ".join(cmd), "PYTHONUNBUFFERED": "1"})
-            if STOP.is_set():
+        with run_lock(grid.ckpt_dir(cfg) / RUNNER_LOCK):
+            proc = _execute_notebook(grid, cfg, env)
+            if proc is None:
                 return Outcome.INTERRUPTED
-            if proc.returncode == 0 and partial.exists():
-                atomic_write_bytes(run_dir / EXECUTED_NOTEBOOK, partial.read_bytes())
-                partial.unlink()
+            if proc.returncode == 0:
                 return Outcome.DONE
+            failed = run_dir / EXECUTED_NOTEBOOK
+            if failed.exists():  # kept for its traceback, under a name that lets `ltkit grid record` try again
+                os.replace(failed, failed.with_name("train.record-failed.ipynb"))
             err = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
             _log.error(f"no notebook for {cfg.run_path()}: {err} (its results stand; `ltkit grid record` tries again)")
             return Outcome.FAILED
