@@ -14,7 +14,7 @@ from ltkit.envlock import LOCK, lock_status, read_lock
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # distribution name -> the module it is imported as, where they differ
-MODULE = {"pyyaml": "yaml", "pillow": "PIL", "jupyter-book": "jupyter_book", "huggingface-hub": "huggingface_hub"}
+MODULE = {"pyyaml": "yaml", "pillow": "PIL", "jupyter-book": "jupyter_book", "huggingface-hub": "huggingface_hub", "ipython": "IPython"}
 # tools used from the command line or as a plugin rather than imported: where they are used
 INVOKED = {"pytest": "Makefile", "ruff": "Makefile", "jupyter-book": "Makefile", "ipykernel": "Makefile", "ghp-import": "Makefile",
            "papermill": "ltkit/grid.py", "hypothesis": "tests/test_grid.py"}
