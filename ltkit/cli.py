@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("grid", help="grid YAML file (configs/*.yaml)")
     g.add_argument("--force", action="store_true", help="re-run finished runs")
     g.add_argument("--no-dedupe", action="store_true", help="also train runs that are identical to CE by construction")
-    g.add_argument("--jobs", type=_positive_int, default=None, help="concurrent runs (default: one per GPU slot, 1 on CPU)")
+    g.add_argument("--jobs", type=_positive_int, default=None,
+                   help="concurrent runs (default: one per GPU slot; on a CPU the split `make bench` measured best, else 1)")
+    g.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU: threads per run (default: cores // jobs, or OMP_NUM_THREADS); jobs x threads <= cores")
     g.add_argument("--executor", choices=["local", "slurm", "submitit-local", "debug"], default="local",
                    help="local: one run per GPU slot on this box; slurm: submitit jobs; submitit-local/debug: the slurm path "
                         "without a cluster (tests)")
@@ -109,6 +112,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="run: leave the packed runs' notebooks to `ltkit grid record` (on a GPU lent by the minute)")
     g.add_argument("--only", default=None, help="comma-separated method names to keep")
     g.add_argument("--seeds", default=None, help="comma-separated seeds to keep")
+    c = sub.add_parser("campaign", help="a long queue of runs trained in the background (the CPU campaign)")
+    c.add_argument("action", choices=["start", "status", "stop", "run"],
+                   help="start: detached from a worktree of HEAD; status: done / running / queued; stop: at the next "
+                        "epoch boundary; run: the driver itself (what start launches)")
+    c.add_argument("campaign", nargs="?", default=None, help="campaign YAML (configs/campaign-cpu.yaml)")
+    c.add_argument("--jobs", type=_positive_int, default=None, help="concurrent runs (default: the campaign's)")
+    c.add_argument("--threads", type=_positive_int, default=None, help="threads per run (default: the campaign's)")
+    c.add_argument("--results", default=None, help="run: the results folder")
+    c.add_argument("--commit", default=None, help="start: the commit to train from (default: HEAD)")
+    c.add_argument("--timeout", type=float, default=600.0, help="stop: seconds to wait for the runs to stop")
     d = sub.add_parser("data", help="data utilities")
     d.add_argument("action", choices=["pack", "inspect", "subsets"],
                    help="pack: a CIFAR subset for a GPU box; inspect: count (and cache) a folder of class folders; "
@@ -143,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         specs = [{"protocol": p, "imb_factor": args.imb_factor} for p in args.protocol]
         print(pack_subset(args.src, args.dataset, args.out, specs, test=not args.no_test))
         return 0
+
+    if args.cmd == "campaign":
+        return _campaign(args)
 
     from .config import ConfigError
     from .grid import check_pack, load_grid, plan, progress, run_grid
@@ -220,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _term)
     try:
         summary = run_grid(grid, force=args.force, dedupe=not args.no_dedupe, jobs=args.jobs,
-                           notebooks=not args.no_notebooks)
+                           notebooks=not args.no_notebooks, threads=args.threads)
     except ConfigError as exc:
         print(f"ltkit: {exc}", file=sys.stderr)
         return 2
@@ -244,6 +260,42 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {p}", file=sys.stderr)
         return 1
     return 0
+
+
+def _campaign(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import campaign
+    from .config import ConfigError
+
+    try:
+        if args.action == "status":
+            print("\n".join(campaign.status_lines(args.campaign)))
+            return 0
+        if args.action == "stop":
+            print(campaign.stop(timeout=args.timeout))
+            return 0
+        if not args.campaign:
+            print(f"ltkit: campaign {args.action} needs a campaign file (e.g. configs/campaign-cpu.yaml)", file=sys.stderr)
+            return 2
+        if args.action == "start":
+            st = campaign.start(args.campaign, commit=args.commit, jobs=args.jobs, threads=args.threads,
+                                log_level=args.log_level)
+            verb = "already running" if st.get("already_running") else "started"
+            print(f"campaign {verb}: pid {st['pid']}, commit {st['commit'][:12]}, {st['jobs']} run(s) x {st['threads']} "
+                  f"thread(s), log {st['log']}")
+            if st.get("uncommitted_left_out") and not st.get("already_running"):
+                print("note: uncommitted changes in ltkit/, notebooks/ or configs/ are not in the campaign (it trains "
+                      "from the commit)", file=sys.stderr)
+            return 0
+        camp = campaign.load_campaign(args.campaign)
+        if not (args.results and args.jobs and args.threads):
+            print("ltkit: campaign run needs --results, --jobs and --threads (use `campaign start`)", file=sys.stderr)
+            return 2
+        return campaign.drive(camp, Path(args.results), args.jobs, args.threads, args.log_level)
+    except ConfigError as exc:
+        print(f"ltkit: {exc}", file=sys.stderr)
+        return 2
 
 
 def _inspect(src: str | None, image_size: int) -> int:

@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from .data import IMBALANCE_TYPES, PROTOCOLS, SOURCES
+from .hardware import PRECISIONS, resolve_precision
 from .loader import SAMPLERS
 from .losses import LOSSES
 from .models import MODELS
@@ -93,6 +94,7 @@ def make_config(params: dict[str, Any] | None = None, **overrides: Any) -> RunCo
     _choice(d, "optimizer", OPTIMIZERS, allow_none=True)
     _choice(d, "select", SELECT, allow_none=True)
     _choice(d, "device", DEVICES)
+    _choice(d, "precision", PRECISIONS)
     _choice(d, "normalization", NORMALIZATIONS, allow_none=True)
     _choice(d, "classifier", CLASSIFIERS, allow_none=True)
     if d["compile"] is True or d["compile"] is False:
@@ -140,6 +142,7 @@ def make_config(params: dict[str, Any] | None = None, **overrides: Any) -> RunCo
         raise _bad("stage1", d["stage1"], f"null for procedure {d['procedure']!r}, which trains from the data "
                    f"(stage-two procedures: {', '.join(n for n in PROCEDURES.names() if PROCEDURES.info(n).stage == 2)})")
 
+    d["precision"] = resolve_precision(d["precision"], d["device"])  # auto -> what this machine does natively
     defaults = PROTOCOL_DEFAULTS[d["protocol"]]
     epochs = d["epochs"] if d["epochs"] is not None else defaults["epochs"]
     d["epochs"] = epochs

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .data import LTDataset, load_dataset
+from .hardware import resolve_precision
 from .loader import DeviceSplit, batches, to_float
 from .metrics import BEST_EPOCH_ON_TEST, EPOCHS, SELECTED_EPOCH, VAL_SELECTED, evaluate_predictions
 from .models import MODELS, NormedLinear, create_model, get_classifier, set_classifier
@@ -163,9 +164,11 @@ def make_context(cfg: RunConfig, ds: LTDataset, device: torch.device) -> Context
 
     stat = {"device": device, "dtype": torch.float32}
     mean, std = normalisation(cfg, ds)
+    # bf16 autocast + channels_last (oneDNN's and cuDNN's fast layout for bf16 convolutions): ltkit.hardware
+    bf16 = resolve_precision(cfg.precision, device.type) == "bf16"
     return Context(cfg, ds, device, dev(ds.train), dev(ds.val), {k: dev(v) for k, v in ds.tests.items()},
                    torch.tensor(mean, **stat).view(1, 3, 1, 1), torch.tensor(std, **stat).view(1, 3, 1, 1),
-                   amp=device.type == "cuda", channels_last=device.type == "cuda")
+                   amp=bf16, channels_last=bf16 or device.type == "cuda")
 
 
 def features_and_logits(ctx: Context, model: nn.Module, split: DeviceSplit) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,6 +42,7 @@ import yaml
 
 from .config import ConfigError, RunConfig, make_config
 from .data import SOURCES, DataError, load_pool
+from .hardware import cpu_plan, thread_env
 from .io import LockHeld, atomic_write_bytes, atomic_write_text, is_locked, run_lock, yaml_load
 from .layout import (
     COMPLETE,
@@ -57,6 +58,7 @@ from .layout import (
     REPO,
     RUNNER_LOCK,
     TRAIN_LOCK,
+    checkpoints_root,
 )
 from .losses import LOSSES, check_ce_equivalence, reduces_to_ce
 from .models import MODELS, weights_problem
@@ -102,7 +104,7 @@ class Grid:
         """``checkpoints/<name>-<8 hex of the results folder>``: the same grid with two ``--results``
         folders keeps two sets of checkpoints."""
         key = hashlib.sha256(str(self.results.resolve()).encode()).hexdigest()[:8]
-        return REPO / "checkpoints" / f"{self.name}-{key}"
+        return checkpoints_root() / f"{self.name}-{key}"
 
     def ckpt_dir(self, cfg: RunConfig) -> Path:
         return self.ckpt_root / cfg.run_path()
@@ -767,15 +769,34 @@ def phases(todo: list[RunConfig]) -> list[list[RunConfig]]:
     return [[c for c in todo if not c.stage1], [c for c in todo if c.stage1]]
 
 
+def cpu_slots(jobs: int | None, threads: int | None) -> tuple[list[None], dict[str, str]]:
+    """On a CPU: one slot per concurrent run and the environment that gives each run its threads
+    (:func:`ltkit.hardware.cpu_plan`: never more runs x threads than cores)."""
+    try:
+        n_jobs, n_threads = cpu_plan(jobs, threads)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return [None] * n_jobs, thread_env(n_threads)
+
+
 def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | None = None,
-             stagger: float = 1.0, notebooks: bool = True) -> dict[str, list[str]]:
+             stagger: float = 1.0, notebooks: bool = True, threads: int | None = None) -> dict[str, list[str]]:
     """Run what is missing: stage-one runs first, then stage-two; one run per slot at a time.
     Then, unless ``notebooks`` is False, execute the notebooks of the runs that were packed
-    (:func:`record_notebooks`); ``summary['no_notebook']`` lists those left without one."""
+    (:func:`record_notebooks`); ``summary['no_notebook']`` lists those left without one.
+
+    On a CPU, ``jobs`` runs at a time with ``threads`` threads each (default: the split ``make bench``
+    measured best here, :func:`cpu_slots`)."""
+    if threads is not None and threads < 1:
+        raise ConfigError(f"bad value for 'threads': {threads} (accepted: an integer >= 1)")
+    slots = gpu_slots(grid.runs_per_gpu, jobs, sorted({c.model for c in grid.runs}))
+    cpu_env: dict[str, str] = {}
+    if all(s is None for s in slots):
+        slots, cpu_env = cpu_slots(jobs, threads)
     todo, summary = pending_runs(grid, force, dedupe)
-    slots = gpu_slots(grid.runs_per_gpu, jobs, sorted({c.model for c in todo}))
-    _log.info(f"{grid.name}: {len(todo)} to run on {len(slots)} slot(s); {len(summary['skipped'])} already done, "
-        f"{len(summary['aliased'])} aliased to CE")
+    _log.info(f"{grid.name}: {len(todo)} to run on {len(slots)} slot(s)"
+              + (f" x {cpu_env['OMP_NUM_THREADS']} thread(s)" if cpu_env else "")
+              + f"; {len(summary['skipped'])} already done, {len(summary['aliased'])} aliased to CE")
     lock = threading.Lock()
     free = list(slots)
 
@@ -783,7 +804,7 @@ def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | N
         with lock:
             slot = free.pop()
         try:
-            env = {"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {}
+            env = {"CUDA_VISIBLE_DEVICES": slot} if slot is not None else dict(cpu_env)
             if len(item) > 1:
                 return execute_pack(grid, item, env, force=force)
             return [(item[0], execute_run(grid, item[0], env, force=force))]

@@ -37,6 +37,12 @@ def default_data_root() -> Path:
     return Path(os.environ.get("LTKIT_DATA", REPO / "data"))
 
 
+def checkpoints_root() -> Path:
+    """``LTKIT_CHECKPOINTS`` if set (the CPU campaign keeps its checkpoints in the main checkout while it
+    trains from a worktree of a fixed commit), else the repository's ``checkpoints/`` (git-ignored)."""
+    return Path(os.environ.get("LTKIT_CHECKPOINTS") or REPO / "checkpoints")
+
+
 def default_results_root() -> Path:
     """``LTKIT_RESULTS`` if set (e.g. a scratch folder the tests fill), else the repository's ``results/``."""
     return Path(os.environ.get("LTKIT_RESULTS") or REPO / "results")

@@ -39,6 +39,7 @@ import numpy as np
 
 from . import __version__
 from .envlock import lock_status
+from .hardware import cores, cpu_bf16_units, cpu_model
 from .io import atomic_write_bytes, atomic_write_csv, atomic_write_json, read_json
 from .layout import ALIAS, COMPLETE, METRICS, PROVENANCE, REPO, root_of
 from .metrics import EPOCHS, HEADLINE, SELECTED_EPOCH
@@ -136,8 +137,9 @@ def packages_digest() -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
+    """Where and with what a run was made: versions, commit, the package lock, the device (its model name,
+    threads or GPU count, native bf16 units), host and scheduler ids."""
     import torch
-
 
     cuda = torch.cuda.is_available()
     commit = git_commit(REPO)
@@ -145,6 +147,8 @@ def environment() -> dict[str, Any]:
         "ltkit_version": __version__, "git": commit, "python": sys.version.split()[0], "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda else None, "device_name": torch.cuda.get_device_name(0) if cuda else
         f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "cpu_model": cpu_model(), "cpu_bf16_units": list(cpu_bf16_units()), "threads": torch.get_num_threads(),
+        "cores": cores(), "gpu_count": torch.cuda.device_count() if cuda else 0,
         "hostname": socket.gethostname(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "slurm_log": os.environ.get("LTKIT_SLURM_LOG"),
     }

@@ -41,6 +41,11 @@ NORMALIZATIONS = ("recipe", "dataset")
 CLASSIFIERS = ("linear", "cosine")
 
 
+# Fields added after runs were recorded, with the value every earlier run had: a run at that value keeps the
+# fingerprint it had before the field existed (fp32 is what every CPU run did before precision was a setting).
+LEGACY_DEFAULTS: dict[str, Any] = {"precision": "fp32"}
+
+
 class ConfigError(ValueError):
     """A bad configuration value; the message names it and the accepted values."""
 
@@ -87,6 +92,7 @@ class RunConfig:
     stage1: str | None = None  # the method of the stage-one run a stage-two procedure starts from
     stage2_epochs: int = 10
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 (ltkit.hardware); make_config resolves auto for the device
     compile: str = "auto"
     deterministic: bool = False
     eval_batch_size: int = 1024
@@ -128,6 +134,9 @@ class RunConfig:
         d = self.to_dict()
         for k in ("device", "data_root", "eval_batch_size", "bootstrap", "compile", "tensorboard"):
             d.pop(k, None)
+        for k, legacy in LEGACY_DEFAULTS.items():  # fields added later: at the value runs had before, not hashed
+            if d.get(k) == legacy:
+                d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parent.parent / "ltkit"
 
 LAYERS = [
     ["registry", "io", "layout", "stats"],                   # no ltkit imports
-    ["runconfig", "splits", "envlock"],                      # plain data: a run's settings, the split arithmetic
+    ["runconfig", "splits", "envlock", "hardware"],          # plain data: a run's settings, the split arithmetic
     ["folder", "loader", "losses", "models", "metrics"],     # building blocks
     ["data", "results"],                                     # sources and protocols -> LTDataset; a run's folder
     ["engine"],                                              # device, model, predict, features, evaluate
@@ -27,7 +27,7 @@ LAYERS = [
     ["pipeline"],                                            # run(config): one whole run
     ["notebook", "packrun"],                                 # what the notebook calls; a pack's process
     ["grid"],                                                # the grid runner
-    ["submit", "report"],                                    # Slurm / submitit; tables and figures for the book
+    ["submit", "report", "campaign"],                        # Slurm / submitit; book tables and figures; CPU campaign
     ["cli"],
 ]
 
