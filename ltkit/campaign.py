@@ -115,17 +115,25 @@ def load_campaign(path: str | Path) -> Campaign:
 # --------------------------------------------------------------------------- where a campaign stands
 
 
-def _grids(camp: Campaign, results: Path | None) -> dict[str, Grid]:
-    return {g: load_grid(camp.path.parent / g, results=results) for g in dict.fromkeys(i.grid for i in camp.queue)}
+def _grids(camp: Campaign, home: Path | None = None) -> dict[str, Grid]:
+    """The campaign's grids; with ``home`` (the main checkout, when the driver runs in the worktree),
+    each grid's results folder is the same folder under ``home``."""
+    out = {}
+    for g in dict.fromkeys(i.grid for i in camp.queue):
+        grid = load_grid(camp.path.parent / g)
+        if home is not None and grid.results.is_relative_to(REPO):
+            grid = load_grid(camp.path.parent / g, results=home / grid.results.relative_to(REPO))
+        out[g] = grid
+    return out
 
 
 def _cfg(grid: Grid, item: Item):
     return next(r for r in grid.runs if r.method == item.method and r.seed == item.seed)
 
 
-def item_states(camp: Campaign, results: Path | None = None) -> list[tuple[Item, str, str]]:
+def item_states(camp: Campaign, home: Path | None = None) -> list[tuple[Item, str, str]]:
     """(item, state, detail) for every item: done, running, partial, failed, stale, waiting, queued."""
-    grids = _grids(camp, results)
+    grids = _grids(camp, home)
     status: dict[Item, str] = {}
     for gname, grid in grids.items():
         rows = {(c.method, c.seed): st for c, st, _ in plan(grid)}
@@ -169,15 +177,16 @@ class _Stop:
         cls.requested = True
 
 
-def drive(camp: Campaign, results: Path, jobs: int, threads: int, log_level: str = "info") -> int:
+def drive(camp: Campaign, home: Path, jobs: int, threads: int, log_level: str = "info") -> int:
     """Train the queue, ``jobs`` runs at a time with ``threads`` threads each, until it is empty or a stop
-    is asked for (SIGTERM / SIGINT: every running run stops right after its next epoch checkpoint)."""
+    is asked for (SIGTERM / SIGINT: every running run stops right after its next epoch checkpoint).
+    ``home``: the checkout whose results folders receive the runs (the main one, not the worktree)."""
     signal.signal(signal.SIGTERM, _Stop.handler)
     signal.signal(signal.SIGINT, _Stop.handler)
-    grids = _grids(camp, results)
+    grids = _grids(camp, home)
     running: dict[Item, subprocess.Popen] = {}
     finished: dict[Item, str] = {}
-    _log.info(f"campaign {camp.name}: {len(camp.queue)} runs, {jobs} at a time x {threads} thread(s), results in {results}")
+    _log.info(f"campaign {camp.name}: {len(camp.queue)} runs, {jobs} at a time x {threads} thread(s), results under {home}")
 
     def state_of(item: Item) -> str:
         grid = grids[item.grid]
@@ -207,7 +216,7 @@ def drive(camp: Campaign, results: Path, jobs: int, threads: int, log_level: str
             if len(running) >= jobs:
                 break
             if ready(item):
-                running[item] = _launch(camp, item, results, threads, log_level)
+                running[item] = _launch(camp, item, grids[item.grid].results, threads, log_level)
         if not running and todo:  # everything left waits for a stage one that failed or is not queued
             _log.error(f"nothing can start: {', '.join(i.name for i in todo)} wait for stage-one runs that failed")
             break
@@ -334,7 +343,7 @@ def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = Non
            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
     env.pop("LTKIT_GIT_COMMIT", None)  # the worktree's own commit is the truth
     cmd = [sys.executable, "-m", "ltkit.cli", "--log-level", log_level, "campaign", "run", str(src / rel),
-           "--results", str(repo / "results"), "--jobs", str(jobs), "--threads", str(threads)]
+           "--home", str(repo), "--jobs", str(jobs), "--threads", str(threads)]
     with open(log, "a", encoding="utf-8") as fh:
         fh.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} start {sha[:12]} ({jobs} x {threads} thread(s))\n")
         fh.flush()
@@ -372,7 +381,7 @@ def status_lines(campaign_file: str | Path | None = None, repo: Path = REPO) -> 
             + (f", commit {state['commit'][:12]}, {state['jobs']} x {state['threads']} thread(s), started "
                f"{state['started']}, log {state['log']}" if state.get("commit") else ""))
     camp = load_campaign(path)
-    rows = item_states(camp, repo / "results")
+    rows = item_states(camp, repo)
     counts: dict[str, int] = {}
     lines = [head]
     for item, st, detail in rows:

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("campaign", nargs="?", default=None, help="campaign YAML (configs/campaign-cpu.yaml)")
     c.add_argument("--jobs", type=_positive_int, default=None, help="concurrent runs (default: the campaign's)")
     c.add_argument("--threads", type=_positive_int, default=None, help="threads per run (default: the campaign's)")
-    c.add_argument("--results", default=None, help="run: the results folder")
+    c.add_argument("--home", default=None, help="run: the checkout whose results folders receive the runs")
     c.add_argument("--commit", default=None, help="start: the commit to train from (default: HEAD)")
     c.add_argument("--timeout", type=float, default=600.0, help="stop: seconds to wait for the runs to stop")
     d = sub.add_parser("data", help="data utilities")
@@ -289,10 +289,10 @@ def _campaign(args: argparse.Namespace) -> int:
                       "from the commit)", file=sys.stderr)
             return 0
         camp = campaign.load_campaign(args.campaign)
-        if not (args.results and args.jobs and args.threads):
-            print("ltkit: campaign run needs --results, --jobs and --threads (use `campaign start`)", file=sys.stderr)
+        if not (args.home and args.jobs and args.threads):
+            print("ltkit: campaign run needs --home, --jobs and --threads (use `campaign start`)", file=sys.stderr)
             return 2
-        return campaign.drive(camp, Path(args.results), args.jobs, args.threads, args.log_level)
+        return campaign.drive(camp, Path(args.home), args.jobs, args.threads, args.log_level)
     except ConfigError as exc:
         print(f"ltkit: {exc}", file=sys.stderr)
         return 2
