@@ -1,4 +1,5 @@
-# ltkit: make setup | test | demo | run-all | bench | book | publish | lock | clean | gpu-bundle | gpu-session | gpu-import | gpu-bench
+# ltkit: make setup | test | demo | run-all | bench | book | publish | lock | clean | campaign | campaign-status | campaign-stop
+#        | gpu-bundle | gpu-session | gpu-import | gpu-bench
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 LTKIT  := $(VENV)/bin/ltkit
@@ -14,7 +15,8 @@ endif
 
 LOCK   := requirements.lock
 
-.PHONY: setup test demo run-all bench book publish lock clean clean-results lint gpu-bundle gpu-session gpu-import gpu-bench
+.PHONY: setup test demo run-all bench book publish lock clean clean-results lint gpu-bundle gpu-session gpu-import gpu-bench \
+        campaign campaign-status campaign-stop
 
 setup: $(VENV)/.installed
 
@@ -121,6 +123,21 @@ gpu-bench:
 
 clean:
 	rm -rf book/_build .pytest_cache .ruff_cache .hypothesis
+
+# ------------------------------------------------------------------ the CPU campaign (no GPU needed)
+# Trains CAMPAIGN's queue in the background (detached, nice 10, log in .campaign/campaign.log) from a git worktree
+# of HEAD (.campaign/src), so edits here never change a run in flight; results land in results/, checkpoints in
+# checkpoints/. Started again (after a stop or a reboot) it resumes every run from its last epoch.
+CAMPAIGN ?= configs/campaign-cpu.yaml
+campaign: setup
+	$(LTKIT) campaign start $(CAMPAIGN)
+
+campaign-status: setup
+	@$(LTKIT) campaign status
+
+# Stops every running run right after its next epoch checkpoint (waits for it: up to about one epoch).
+campaign-stop: setup
+	@$(LTKIT) campaign stop
 
 # Results are the product: deleting them asks first.
 clean-results:
