@@ -20,6 +20,7 @@ stage-one run it starts from is done, while later entries go ahead.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from typing import Any
 
 from .config import ConfigError
 from .grid import Grid, load_grid, plan, progress
-from .hardware import cpu_plan
+from .hardware import NICE_ENV, cpu_plan, lower_priority
 from .io import atomic_write_json, read_json, yaml_load
 from .layout import PROGRESS, REPO
 from .results import Status, load_metrics
@@ -121,8 +122,10 @@ def _grids(camp: Campaign, home: Path | None = None) -> dict[str, Grid]:
     out = {}
     for g in dict.fromkeys(i.grid for i in camp.queue):
         grid = load_grid(camp.path.parent / g)
-        if home is not None and grid.results.is_relative_to(REPO):
-            grid = load_grid(camp.path.parent / g, results=home / grid.results.relative_to(REPO))
+        if home is not None:
+            if grid.results.is_relative_to(REPO):
+                grid = load_grid(camp.path.parent / g, results=home / grid.results.relative_to(REPO))
+            grid.checkpoints = home / "checkpoints"
         out[g] = grid
     return out
 
@@ -231,7 +234,7 @@ def drive(camp: Campaign, home: Path, jobs: int, threads: int, log_level: str = 
 
 def _one(grid: Grid, cfg) -> Grid:
     """The grid narrowed to one run (what ``--only <method> --seeds <seed>`` does)."""
-    return Grid(grid.name, grid.results, [cfg], grid.slurm, grid.runs_per_gpu, grid.path, grid.pack)
+    return dataclasses.replace(grid, runs=[cfg])
 
 
 def _launch(camp: Campaign, item: Item, results: Path, threads: int, log_level: str) -> subprocess.Popen:
@@ -322,6 +325,13 @@ def prepare_worktree(repo: Path, commit: str) -> Path:
     return src
 
 
+NICE = 10  # the campaign and every process it starts (LTKIT_NICE: the notebook kernels are sessions of their own)
+
+
+def _background() -> None:  # pragma: no cover - runs in the child between fork and exec
+    lower_priority(NICE)
+
+
 def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = None, jobs: int | None = None,
           threads: int | None = None, log_level: str = "info") -> dict[str, Any]:
     """Start the campaign detached (new session, ``nice`` 10) from a worktree of ``commit`` (default HEAD);
@@ -340,7 +350,7 @@ def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = Non
     rel = Path(campaign_file).resolve().relative_to(repo.resolve())
     log = state_dir(repo) / "campaign.log"
     env = {**os.environ, "PYTHONPATH": str(src), "LTKIT_CHECKPOINTS": str(repo / "checkpoints"),
-           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), NICE_ENV: str(NICE)}
     env.pop("LTKIT_GIT_COMMIT", None)  # the worktree's own commit is the truth
     cmd = [sys.executable, "-m", "ltkit.cli", "--log-level", log_level, "campaign", "run", str(src / rel),
            "--home", str(repo), "--jobs", str(jobs), "--threads", str(threads)]
@@ -348,7 +358,7 @@ def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = Non
         fh.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} start {sha[:12]} ({jobs} x {threads} thread(s))\n")
         fh.flush()
         proc = subprocess.Popen(cmd, cwd=src, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=lambda: os.nice(10))
+                                start_new_session=True, preexec_fn=_background)
     state = {"pid": proc.pid, "commit": sha, "campaign": str(rel), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "jobs": jobs, "threads": threads, "log": str(log), "worktree": str(src),
              "uncommitted_left_out": bool(dirty)}

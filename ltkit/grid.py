@@ -95,6 +95,7 @@ class Grid:
     runs_per_gpu: int | str = "auto"
     path: Path | None = None
     pack: int | str = "auto"  # auto: up to PACK_AUTO runs per pack on a GPU, none on a CPU; off; or a number >= 2
+    checkpoints: Path | None = None  # the checkpoint root (default: layout.checkpoints_root())
 
     def run_dir(self, cfg: RunConfig) -> Path:
         return self.results / cfg.run_path()
@@ -104,7 +105,7 @@ class Grid:
         """``checkpoints/<name>-<8 hex of the results folder>``: the same grid with two ``--results``
         folders keeps two sets of checkpoints."""
         key = hashlib.sha256(str(self.results.resolve()).encode()).hexdigest()[:8]
-        return checkpoints_root() / f"{self.name}-{key}"
+        return (self.checkpoints or checkpoints_root()) / f"{self.name}-{key}"
 
     def ckpt_dir(self, cfg: RunConfig) -> Path:
         return self.ckpt_root / cfg.run_path()

@@ -126,11 +126,11 @@ def oversubscription(jobs: int, threads: int, n_cores: int | None = None) -> str
 CPU_BENCHMARK = REPO / "benchmarks" / "results" / "cpu.json"  # written by `make bench` on a CPU
 
 
-def measured_cpu_split(n_cores: int | None = None, path: Path = CPU_BENCHMARK) -> tuple[int, int] | None:
+def measured_cpu_split(n_cores: int | None = None, path: Path | None = None) -> tuple[int, int] | None:
     """(jobs, threads per run) with the most training images/s that ``make bench`` measured on a machine
     with this many cores (None: no measurement for this core count)."""
     try:
-        best = json.loads(Path(path).read_text())["best_split"]
+        best = json.loads(Path(path or CPU_BENCHMARK).read_text())["best_split"]
         if int(best["cores"]) == (n_cores or cores()):
             return int(best["jobs"]), int(best["threads"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -164,6 +164,29 @@ def cpu_plan(jobs: int | None, threads: int | None, n_cores: int | None = None) 
 def thread_env(threads: int) -> dict[str, str]:
     """The environment that caps a child process (torch, OpenMP, MKL, OpenBLAS) at ``threads`` threads."""
     return {k: str(threads) for k in THREAD_ENV}
+
+
+NICE_ENV = "LTKIT_NICE"  # set by the campaign: its training processes yield the CPU to interactive work
+
+
+def lower_priority(nice: int | None = None) -> int | None:
+    """Run this process at ``nice`` (default ``$LTKIT_NICE``; nothing when neither is set); returns the level.
+
+    With the kernel's autogroup scheduling on (most Linux desktop and VM kernels), ``nice`` orders only
+    the processes of one session, and a notebook kernel is a session of its own (jupyter_client starts
+    it so): the session group's nice value (``/proc/self/autogroup``) is what makes it yield to others.
+    """
+    if nice is None:
+        value = os.environ.get(NICE_ENV, "")
+        if not value.lstrip("-").isdigit():
+            return None
+        nice = int(value)
+    try:
+        os.nice(max(0, nice - os.nice(0)))
+        Path("/proc/self/autogroup").write_text(str(nice))
+    except OSError:
+        pass
+    return nice
 
 
 def current_threads() -> int:

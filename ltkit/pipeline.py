@@ -16,6 +16,7 @@ from typing import Any
 from .config import make_config
 from .data import LTDataset
 from .engine import RunResult, evaluate_model, load_data, make_context, pick_device, seed_everything
+from .hardware import lower_priority
 from .io import run_lock
 from .layout import TRAIN_LOCK
 from .metrics import TRAININGS
@@ -29,6 +30,7 @@ def run(params: RunConfig | dict[str, Any], ckpt_dir: str | Path | None = None, 
         keep_model: bool = False, ds: LTDataset | None = None) -> RunResult:
     """Load data, obtain the model by the run's procedure, evaluate: a whole run."""
     cfg = params if isinstance(params, RunConfig) else make_config(params)
+    lower_priority()  # a campaign's runs yield the CPU to interactive work ($LTKIT_NICE)
     ckpt = Path(ckpt_dir) if ckpt_dir else None
     # The process that trains holds the run's training lock for as long as it trains, so a killed
     # grid runner (whose notebook kernel may train on) never lets a second runner train the same run.
@@ -58,6 +60,7 @@ def run_pack(params: list[RunConfig | dict[str, Any]], ckpt_dirs: list[str | Pat
     The data are loaded and put on the device once; every run holds its own training lock.
     """
     cfgs = [p if isinstance(p, RunConfig) else make_config(p) for p in params]
+    lower_priority()
     ckpts = [Path(d) if d else None for d in (ckpt_dirs or [None] * len(cfgs))]
     with contextlib.ExitStack() as locks:
         for ck in ckpts:

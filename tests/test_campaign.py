@@ -1,0 +1,141 @@
+"""The campaign (issue #24): a priority queue trained in the background from a worktree of a fixed commit,
+stopped at an epoch boundary and resumed from its checkpoints. Real processes, a real git clone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ltkit import campaign
+from ltkit.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = {"num_classes": 10, "train_per_class": 60, "test_per_class": 10}
+
+
+def _clone(tmp_path: Path, epochs: int) -> Path:
+    """A clone of this repository's HEAD plus the working tree's ltkit/ and notebooks/ (what is under test),
+    with a tiny grid and campaign committed."""
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(repo)], check=True)
+    for sub in ("ltkit", "notebooks", "configs"):
+        _copytree(REPO / sub, repo / sub)
+    grid = {"name": "tinycamp", "results": "results/tiny",
+            "base": {"protocol": "cao2019", "dataset": "synthetic", "model": "tiny_cnn", "imb_factor": 5,
+                     "epochs": epochs, "bootstrap": 20, "precision": "fp32", "source_params": SRC},
+            "seeds": [0, 1], "methods": ["ce", "bs", {"procedure": "la_posthoc", "stage1": "ce"}]}
+    (repo / "configs" / "tiny-grid.yaml").write_text(yaml.safe_dump(grid))
+    camp = {"name": "tiny", "jobs": 1, "threads": 1,
+            "queue": [{"grid": "tiny-grid.yaml", "methods": ["la_posthoc"], "seeds": [0]},  # waits for ce seed 0
+                      {"grid": "tiny-grid.yaml", "methods": ["ce"], "seeds": [0]}]}
+    (repo / "configs" / "tiny-campaign.yaml").write_text(yaml.safe_dump(camp))
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "tiny campaign"], check=True)
+    return repo
+
+
+def _copytree(src: Path, dst: Path) -> None:
+    import shutil
+
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def _wait(pred, seconds: float, what: str) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _states(repo: Path) -> dict[str, str]:
+    camp = campaign.load_campaign(repo / "configs" / "tiny-campaign.yaml")
+    return {i.name: st for i, st, _ in campaign.item_states(camp, repo)}
+
+
+def test_bad_campaign_files_name_the_bad_value(tmp_path):
+    (tmp_path / "g.yaml").write_text((REPO / "configs" / "demo.yaml").read_text())
+    bad = tmp_path / "c.yaml"
+    bad.write_text("queue: [{grid: g.yaml, methods: [ce, nope]}]\n")
+    with pytest.raises(ConfigError, match=r"no run 'nope' seed 0 \(methods: .*bs.*ce"):
+        campaign.load_campaign(bad)
+    bad.write_text("queue: [{grid: g.yaml}]\nworkers: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) 'workers' \(accepted: description, jobs, name, queue"):
+        campaign.load_campaign(bad)
+    bad.write_text("jobs: 0\nqueue: [{grid: g.yaml}]\n")
+    with pytest.raises(ConfigError, match=r"'jobs': 0 \(accepted: an integer >= 1"):
+        campaign.load_campaign(bad)
+    ok = campaign.load_campaign(REPO / "configs" / "campaign-cpu.yaml")
+    assert [i.name for i in ok.queue[:3]] == ["cao2019-cifar100-if100:ce:seed0", "cao2019-cifar100-if100:ldam_drw:seed0",
+                                              "cao2019-cifar100-if100:bs:seed0"]
+
+
+@pytest.mark.slow
+def test_campaign_trains_from_its_commit_in_priority_order(tmp_path):
+    repo = _clone(tmp_path, epochs=2)
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    st = campaign.start(repo / "configs" / "tiny-campaign.yaml", repo=repo)
+    try:
+        # an edit in the working tree after the start must not reach the runs: break the training loop here
+        (repo / "ltkit" / "train.py").write_text("raise RuntimeError('edited working tree')\n")
+        assert st["commit"] == sha and st["jobs"] == 1 and st["threads"] == 1
+        again = campaign.start(repo / "configs" / "tiny-campaign.yaml", repo=repo)
+        assert again["already_running"] and again["pid"] == st["pid"]
+        _wait(lambda: not campaign._alive(st["pid"]), 240, "the campaign to finish")
+    finally:
+        campaign.stop(repo=repo, timeout=60)
+    assert _states(repo) == {"tiny-grid:la_posthoc:seed0": "done", "tiny-grid:ce:seed0": "done"}
+    run = repo / "results" / "tiny" / "cao2019" / "synthetic_exp5" / "tiny_cnn"
+    prov = json.loads((run / "ce" / "seed0" / "provenance.json").read_text())
+    assert prov["git"]["commit"] == sha and prov["threads"] == 1
+    assert (run / "ce" / "seed0" / "train.ipynb").exists()
+    assert (repo / "checkpoints").is_dir() and not (repo / ".campaign" / "src" / "checkpoints").exists()
+    log = (repo / ".campaign" / "campaign.log").read_text()
+    assert log.index("ce:seed0: start") < log.index("la_posthoc:seed0: start")  # waited for its stage one
+    lines = campaign.status_lines(repo=repo)
+    assert lines[0].startswith("campaign not running") and lines[-1] == "2 done"
+
+
+@pytest.mark.slow
+def test_stop_at_an_epoch_boundary_then_resume(tmp_path):
+    repo = _clone(tmp_path, epochs=400)
+    st = campaign.start(repo / "configs" / "tiny-campaign.yaml", repo=repo)
+    try:
+        def progress():
+            hits = list((repo / "checkpoints").rglob("ce/seed0/progress.json"))
+            return json.loads(hits[0].read_text())["epoch"] if hits else 0
+        _wait(lambda: progress() >= 3, 240, "three epochs")
+        msg = campaign.stop(repo=repo, timeout=120)
+    finally:
+        campaign.stop(repo=repo, timeout=60)
+    assert msg.startswith("campaign stopped") and not campaign._alive(st["pid"])
+    ckpt = next((repo / "checkpoints").rglob("ce/seed0/last.pt"))
+    epoch = torch.load(ckpt, weights_only=True)["epoch"]
+    assert epoch == json.loads((ckpt.parent / "progress.json").read_text())["epoch"] >= 3
+    lines = campaign.status_lines(repo=repo)
+    ce = next(line for line in lines if "tiny-grid:ce:seed0" in line)
+    assert ce.startswith("partial") and f"epoch {epoch}/400" in ce
+    assert "waiting  tiny-grid:la_posthoc:seed0" in "\n".join(lines)
+    assert not (repo / "results" / "tiny" / "cao2019" / "synthetic_exp5" / "tiny_cnn" / "ce" / "seed0" / "metrics.json").exists()
+    # started again: the run resumes from its checkpoint (a second launch in its history), not from epoch 0
+    grid = repo / "configs" / "tiny-grid.yaml"
+    spec = yaml.safe_load(grid.read_text())
+    assert spec["base"]["epochs"] == 400
+    st2 = campaign.start(repo / "configs" / "tiny-campaign.yaml", repo=repo)
+    try:
+        _wait(lambda: progress() > epoch, 120, "the resumed run's next epoch")
+        history = torch.load(ckpt, weights_only=True)["history"]
+        assert [r["epoch"] for r in history] == list(range(len(history)))
+        assert {r["launch"] for r in history} == {1, 2} and history[epoch]["launch"] == 2
+    finally:
+        campaign.stop(repo=repo, timeout=120)
+    assert not campaign._alive(st2["pid"])
