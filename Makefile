@@ -53,8 +53,14 @@ run-all: setup
 	@status=0; for g in $(GPU_GRIDS); do $(LTKIT) grid run $$g || status=1; done; \
 	$(MAKE) book; exit $$status
 
+# On a GPU: benchmarks/throughput.py. On a CPU: benchmarks/cpu.py (appendix A's CPU section); a running campaign
+# is stopped at an epoch boundary for it (the figures would measure the campaign too) and started again after.
 bench: setup
-	$(PY) benchmarks/throughput.py
+	@if $(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then $(PY) benchmarks/throughput.py; \
+	else running=$$($(LTKIT) campaign status 2>/dev/null | head -1 | grep -c "^campaign running"); \
+	  if [ "$$running" = 1 ]; then $(LTKIT) campaign stop; fi; \
+	  $(PY) benchmarks/cpu.py; status=$$?; \
+	  if [ "$$running" = 1 ]; then $(LTKIT) campaign start $(CAMPAIGN); fi; exit $$status; fi
 
 book: setup
 	@$(VENV)/bin/python -c "from ltkit.report import prepare_book as p; p() and print('results changed: book pages re-execute')"

@@ -201,13 +201,18 @@ def main() -> None:
     from ltkit.results import environment
 
     n = cores()
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: load average {load:.1f} before the benchmark: other work shares these cores and the figures "
+              "will show it (stop the campaign first: make campaign-stop)", file=sys.stderr)
     t0 = time.perf_counter()
     m = measure(n, args.rounds or (1 if args.tiny else 3), args.tiny)
     env = environment()
     report = {"device": f"cpu: {cpu_model()}, {n} cores", "cpu_bf16_units": list(cpu_bf16_units()),
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "torch": env["torch"],
               "git": env["git"], "tiny": args.tiny, "batch_size": 128, "model": "tiny_cnn" if args.tiny else "resnet32",
-              "reference": REFERENCE, **summarise(m, n), "samples": m["step_samples"],
+              "reference": REFERENCE, "load_average_before": round(load, 2), **summarise(m, n),
+              "samples": m["step_samples"],
               "wall_s": round(time.perf_counter() - t0, 1)}
     for k, v in report["steps"].items():
         proj = v["minutes_per_cao2019_run_projected"]
