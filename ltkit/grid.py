@@ -449,15 +449,13 @@ def _stage1_problem(grid: Grid, cfg: RunConfig) -> str | None:
     s1 = next((r for r in grid.runs if r.run_path() == cfg.stage1_path()), None)
     if s1 is None:
         return None
-    path = grid.ckpt_dir(s1) / FINAL
-    if not path.exists():
-        return f"stage-one checkpoint {path} is missing; run {cfg.stage1!r} first"
-    import torch
+    from .checkpoint import CheckpointError, read_final
 
+    path = grid.ckpt_dir(s1) / FINAL
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated, or not a plain-tensor checkpoint
-        return f"stage-one checkpoint {path} is unreadable ({type(exc).__name__}); re-run {cfg.stage1!r} with --force"
+        ck = read_final(path, cfg.stage1)
+    except CheckpointError as exc:
+        return str(exc)
     if ck.get("fingerprint") != s1.fingerprint():
         return (f"stage-one checkpoint {path} is from another configuration (fingerprint {ck.get('fingerprint')} != "
                 f"{s1.fingerprint()}); re-run {cfg.stage1!r} with --force")

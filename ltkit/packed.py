@@ -37,21 +37,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
+from .checkpoint import load_last, non_finite_state, save_last
 from .engine import Context, Fitted, build_model, make_optimizer, seed_everything
 from .layout import LAST
 from .loader import augment, batches, epoch_indices
 from .losses import create_loss
 from .models import MODELS, get_classifier, set_classifier
 from .runconfig import RunConfig
-from .train import (
-    DIVERGED_LOSS,
-    NonFiniteLoss,
-    _non_finite_state,
-    _resume,
-    _save_checkpoint,
-    lr_at,
-    validate,
-)
+from .train import DIVERGED_LOSS, NonFiniteLoss, lr_at, validate
 
 _log = logging.getLogger(__name__)
 
@@ -109,7 +102,7 @@ def _member(ctx: Context, ckpt: Path | None) -> _Member:
                 torch.Generator(device=ctx.device), torch.Generator(device=ctx.device))
     last = ckpt / LAST if ckpt else None
     if last is not None and last.exists():
-        m.start, m.history, m.best, m.launch = _resume(last, cfg, model, opt)
+        m.start, m.history, m.best, m.launch = load_last(last, cfg, model, opt)
     if hasattr(m.loss_fn, "gen"):  # a loss that draws (SEQL) gets its run's own stream
         m.loss_fn.gen = m.loss_gen
     return m
@@ -294,7 +287,7 @@ def train_pack(ctxs: list[Context], ckpt_dirs: list[Path | None], progress: bool
             where = f"({cfg.model}/{cfg.method}, lr {lr_at(cfg, epoch):g}, trained in a pack of {n})"
             pack.to_member(i)
             mean_loss = sums[i] / max(seen, 1)
-            bad_state = _non_finite_state(m.model)
+            bad_state = non_finite_state(m.model)
             if bad_steps[i] >= 0:
                 m.error = NonFiniteLoss(f"non-finite training loss at epoch {epoch}, step {bad_steps[i]} {where}; "
                                         "the run stops here, the rest of its pack goes on")
@@ -317,7 +310,7 @@ def train_pack(ctxs: list[Context], ckpt_dirs: list[Path | None], progress: bool
             row["seconds"] = (time.perf_counter() - t0) / n  # the pack's epoch, shared out: its cost per run
             m.history.append(row)
             if m.ckpt is not None:
-                _save_checkpoint(m.ckpt / LAST, cfg, m.model, m.opt, epoch, m.history, m.best, m.launch)
+                save_last(m.ckpt / LAST, cfg, m.model, m.opt, epoch, m.history, m.best, m.launch)
         bar.set_postfix({"running": sum(m.error is None for m in members)})
     bar.close()
     out: list[Fitted | Exception] = []

@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import save_final
 from .config import make_config
 from .data import LTDataset
 from .engine import RunResult, evaluate_model, load_data, make_context, pick_device, seed_everything
@@ -23,7 +24,6 @@ from .metrics import TRAININGS
 from .packed import train_pack
 from .procedures import PROCEDURES
 from .runconfig import RunConfig
-from .train import save_final
 
 
 def run(params: RunConfig | dict[str, Any], ckpt_dir: str | Path | None = None, progress: bool = True,

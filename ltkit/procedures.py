@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import read_final, save_final
 from .data import restrict_classes
 from .engine import Context, Fitted, build_model, features_and_logits, make_context
 from .layout import FINAL, sibling_dir
@@ -39,7 +40,7 @@ from .loader import augment, epoch_indices
 from .metrics import balanced_top1
 from .models import get_classifier, set_classifier
 from .registry import Registry
-from .train import save_final, train_model
+from .train import train_model
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,7 @@ def stage1_dir(ckpt_dir: Path | None, cfg) -> Path:
 
 def load_stage1(ctx: Context, ckpt_dir: Path | None) -> nn.Module:
     path = stage1_dir(ckpt_dir, ctx.cfg) / FINAL
-    if not path.exists():
-        raise FileNotFoundError(f"{ctx.cfg.procedure}: stage-one checkpoint {path} is missing; run {ctx.cfg.stage1!r} first")
-    try:  # tensors and plain types only: loading a checkpoint never runs code
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RuntimeError(f"{path}: unreadable stage-one checkpoint ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:200]}); re-run {ctx.cfg.stage1!r} (--force)") from None
+    ck = read_final(path, ctx.cfg.stage1)  # tensors and plain values only: loading never runs code
     if ck.get("model_name") != ctx.cfg.model:
         raise RuntimeError(f"{path}: stage-one model is {ck['model_name']!r}, this run wants {ctx.cfg.model!r}")
     # the stage one's own classifier and model parameters (its config was checked when it trained)

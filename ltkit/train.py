@@ -25,9 +25,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .checkpoint import load_last, non_finite_state, save_last
 from .engine import Context, Fitted, make_optimizer, maybe_compile
-from .io import atomic_torch_save, atomic_write_json
-from .layout import FINAL, LAST, PROGRESS
+from .layout import LAST
 from .loader import augment, batches, epoch_indices
 from .losses import create_loss
 from .metrics import balanced_top1, top1
@@ -42,19 +42,6 @@ class NonFiniteLoss(RuntimeError):
 
 
 DIVERGED_LOSS = 1e6  # an epoch's mean loss above this is divergence, not learning (CE-type losses stay < ~100)
-
-
-def _non_finite_state(model: nn.Module) -> list[str]:
-    """Names of parameters and buffers (BatchNorm running statistics included) holding NaN or inf."""
-    items = [(k, v) for k, v in model.state_dict().items() if v.is_floating_point()]
-    if not items:
-        return []
-    ok = torch.stack([torch.isfinite(v).all() for _, v in items]).tolist()  # one host sync
-    return [k for (k, _), good in zip(items, ok, strict=True) if not good]
-
-
-class CheckpointMismatch(RuntimeError):
-    """A checkpoint belongs to another model or configuration."""
 
 
 def lr_at(cfg: RunConfig, epoch: int) -> float:
@@ -143,7 +130,7 @@ def train_one_epoch(ctx: Context, model: nn.Module, fwd: nn.Module, loss_fn: nn.
     where = f"({cfg.model}/{cfg.method}, lr {lr_at(cfg, epoch):g})"
     if bad_step >= 0:
         raise NonFiniteLoss(f"non-finite training loss at epoch {epoch}, step {bad_step} {where}; the run stops here")
-    bad_state = _non_finite_state(model)
+    bad_state = non_finite_state(model)
     if bad_state:
         raise NonFiniteLoss(f"non-finite values in {', '.join(bad_state[:5])}" + (" ..." if len(bad_state) > 5 else "")
                             + f" after epoch {epoch} {where} although the loss stayed finite; the run stops here")
@@ -177,16 +164,6 @@ def _log_scalars(tb, row: dict[str, Any], epoch: int) -> None:
     tb.flush()
 
 
-def _save_checkpoint(last: Path, cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer, epoch: int,
-                     history: list[dict[str, Any]], best: dict[str, Any], launch: int) -> None:
-    atomic_torch_save(last, {"epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
-                             "history": history, "best": best, "fingerprint": cfg.fingerprint(),
-                             "model_name": cfg.model, "launch": launch})
-    atomic_write_json(last.with_name(PROGRESS),  # for `ltkit grid status`, no checkpoint load
-                      {"epoch": epoch + 1, "epochs": cfg.epochs, "launch": launch, "updated": time.time(),
-                       "seconds_per_epoch": history[-1]["seconds"]})
-
-
 def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress: bool = True) -> Fitted:
     """Train ``model`` per ``ctx.cfg``, checkpointing every epoch into ``ckpt_dir`` and resuming from it.
 
@@ -206,7 +183,7 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
     start, launch = 0, 1  # launch: 1 for a fresh run, +1 each time it resumes (shown in history.csv)
     last = ckpt_dir / LAST if ckpt_dir else None
     if last is not None and last.exists():
-        start, history, best, launch = _resume(last, cfg, model, opt)
+        start, history, best, launch = load_last(last, cfg, model, opt)
     gen = torch.Generator(device=device)
     tb = _tensorboard(cfg, ckpt_dir, start)
     bar = tqdm(range(start, cfg.epochs), desc=f"{cfg.model}/{cfg.method}/seed{cfg.seed}", disable=not progress,
@@ -225,7 +202,7 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
             _log_scalars(tb, row, epoch)
         bar.set_postfix({k: round(v, 4) for k, v in row.items() if k in ("train_loss", "train_acc", "val_top1")})
         if last is not None:
-            _save_checkpoint(last, cfg, model, opt, epoch, history, best, launch)
+            save_last(last, cfg, model, opt, epoch, history, best, launch)
     bar.close()
     if tb is not None:
         tb.close()
@@ -233,27 +210,3 @@ def train_model(ctx: Context, model: nn.Module, ckpt_dir: Path | None, progress:
         model.load_state_dict(best["state"])
     selected = best["epoch"] if cfg.select == "best_val" else cfg.epochs - 1
     return Fitted(model, pd.DataFrame(history), int(selected))
-
-
-def _resume(path: Path, cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer):
-    try:  # tensors and plain types only: a checkpoint handed to you cannot run code when it is loaded
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointMismatch(f"{path}: unreadable or not a plain-tensor checkpoint ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:200]}); it was left untouched; delete it to start the "
-                                 "run afresh") from exc
-    if ck.get("model_name") != cfg.model:
-        raise CheckpointMismatch(f"{path}: checkpoint of model {ck.get('model_name')!r}, not {cfg.model!r}; "
-                                 "it was left untouched; point the run elsewhere or delete it")
-    if ck.get("fingerprint") != cfg.fingerprint():
-        raise CheckpointMismatch(f"{path}: checkpoint of another configuration (fingerprint {ck.get('fingerprint')} "
-                                 f"!= {cfg.fingerprint()}); it was left untouched; delete it to start afresh")
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["opt"])
-    return ck["epoch"], ck["history"], ck["best"], ck.get("launch", 1) + 1
-
-
-def save_final(ckpt_dir: Path, cfg: RunConfig, model: nn.Module) -> None:
-    """``final.pt``: a finished stage-one run's selected weights, what its stage-two runs start from."""
-    atomic_torch_save(ckpt_dir / FINAL, {"model": model.state_dict(), "model_name": cfg.model,
-                                         "fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})

@@ -51,14 +51,14 @@ class _Payload:
 
 
 def test_checkpoint_with_a_pickle_payload_never_runs(tiny_cfg, tmp_path):
+    from ltkit.checkpoint import CheckpointError
     from ltkit.pipeline import run
-    from ltkit.train import CheckpointMismatch
 
     ckpt = tmp_path / "ck"
     ckpt.mkdir()
     marker = tmp_path / "pwned"
     torch.save({"epoch": 1, "evil": _Payload(str(marker))}, ckpt / "last.pt")
-    with pytest.raises(CheckpointMismatch, match="not a plain-tensor checkpoint"):
+    with pytest.raises(CheckpointError, match="not a plain-tensor checkpoint"):
         run(tiny_cfg, ckpt_dir=ckpt, progress=False)
     assert not marker.exists()
     # the same for a stage-one checkpoint read by a stage-two method
@@ -66,7 +66,7 @@ def test_checkpoint_with_a_pickle_payload_never_runs(tiny_cfg, tmp_path):
     s1.mkdir(parents=True)
     with open(s1 / "final.pt", "wb") as fh:
         pickle.dump({"evil": _Payload(str(marker))}, fh)
-    with pytest.raises(RuntimeError, match="unreadable stage-one checkpoint"):
+    with pytest.raises(CheckpointError, match=r"final.pt: not a (plain-tensor|readable) checkpoint.*re-run 'ce' with --force"):
         run({**tiny_cfg, "procedure": "la_posthoc", "stage1": "ce"}, ckpt_dir=tmp_path / "lap" / "seed0", progress=False)
     assert not marker.exists()
 
@@ -253,12 +253,15 @@ def test_stage_one_checkpoint_of_another_configuration_is_refused(tmp_path):
     try:
         assert "is missing" in _stage1_problem(g, g.runs[1])
         ck.mkdir(parents=True)
-        torch.save({"model": {}, "fingerprint": other.fingerprint()}, ck / "final.pt")
+        final = {"model": {}, "model_name": "tiny_cnn", "config": {}}
+        torch.save({**final, "fingerprint": other.fingerprint()}, ck / "final.pt")
         assert "another configuration" in _stage1_problem(g, g.runs[1])
         (ck / "final.pt").write_bytes((ck / "final.pt").read_bytes()[:40])
         msg = _stage1_problem(g, g.runs[1])
-        assert "unreadable" in msg and str(ck / "final.pt") in msg
-        torch.save({"model": {}, "fingerprint": g.runs[0].fingerprint()}, ck / "final.pt")
+        assert "not a readable checkpoint: truncated or corrupt" in msg and str(ck / "final.pt") in msg
+        torch.save({"model": {}}, ck / "final.pt")
+        assert "lacks model_name, fingerprint, config" in _stage1_problem(g, g.runs[1])
+        torch.save({**final, "fingerprint": g.runs[0].fingerprint()}, ck / "final.pt")
         assert _stage1_problem(g, g.runs[1]) is None
     finally:
         import shutil
@@ -268,12 +271,13 @@ def test_stage_one_checkpoint_of_another_configuration_is_refused(tmp_path):
 
 def test_finite_divergence_is_caught(tiny_cfg, monkeypatch):
     import ltkit.train as tr
+    from ltkit.checkpoint import non_finite_state
     from ltkit.models import create_model
     from ltkit.pipeline import run
 
     m = create_model("tiny_cnn", 4)
     m.features[0][1].running_var.fill_(float("inf"))
-    assert tr._non_finite_state(m) == ["features.0.1.running_var"]
+    assert non_finite_state(m) == ["features.0.1.running_var"]
     monkeypatch.setattr(tr, "DIVERGED_LOSS", 1e-9)
     with pytest.raises(tr.NonFiniteLoss, match="diverged at epoch 0: mean loss"):
         run(tiny_cfg, progress=False)

@@ -17,7 +17,7 @@ PKG = Path(__file__).resolve().parent.parent / "ltkit"
 LAYERS = [
     ["registry", "io", "layout", "stats"],                   # no ltkit imports
     ["runconfig", "splits", "envlock", "hardware"],          # plain data: a run's settings, the split arithmetic
-    ["folder", "loader", "losses", "models", "metrics"],     # building blocks
+    ["folder", "loader", "losses", "models", "metrics", "checkpoint"],  # building blocks
     ["data", "results"],                                     # sources and protocols -> LTDataset; a run's folder
     ["engine"],                                              # device, model, predict, features, evaluate
     ["train"],                                               # the stage-one loop

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from ltkit.checkpoint import CheckpointMismatch
 from ltkit.config import ConfigError, make_config
 from ltkit.loader import augment, epoch_indices
 from ltkit.pipeline import run
 from ltkit.procedures import posthoc_adjust, tau_normalise
-from ltkit.train import CheckpointMismatch, NonFiniteLoss
+from ltkit.train import NonFiniteLoss
 
 
 def same(a: dict, b: dict) -> bool:
