@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         return _campaign(args)
 
     from .config import ConfigError
-    from .grid import check_pack, load_grid, plan, progress, run_grid
+    from .grid import check_pack, forced_note, load_grid, plan, progress, run_grid
     from .results import Status
 
     try:
@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                 st = "to-alias"
             counts[st] += 1
             detail = progress(grid, cfg) if st in (Status.RUNNING, Status.PARTIAL, Status.FAILED) else ""
+            if st in (Status.DONE, Status.STALE):
+                detail = forced_note(grid, cfg)
             print(f"{st:9s} {cfg.run_path()}" + (f"  [{detail}]" if detail else ""))
         print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
         return 0

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -238,14 +239,14 @@ def pack_size(setting: int | str) -> int:
 
 
 def pack_runs(todo: list[RunConfig], size: int, resume_epoch: Callable[[RunConfig], int] = lambda c: 0,
-              ) -> list[list[RunConfig]]:
+              alone: Callable[[RunConfig], bool] = lambda c: False) -> list[list[RunConfig]]:
     """Work items: packs of up to ``size`` runs with equal :func:`ltkit.packed.pack_key` that resume
     from the same epoch (``resume_epoch``: a killed pack's runs did; a run that diverged earlier did not),
-    and single runs."""
+    and single runs (``alone``: e.g. a forced re-run of a finished result, which stages its own results)."""
     items: list[list[RunConfig]] = []
     groups: dict[tuple[str, int], list[RunConfig]] = {}
     for cfg in todo:
-        if size < 2 or packable(cfg) is not None:
+        if size < 2 or packable(cfg) is not None or alone(cfg):
             items.append([cfg])
         else:
             groups.setdefault((pack_key(cfg), resume_epoch(cfg)), []).append(cfg)
@@ -331,21 +332,53 @@ def plan(grid: Grid, dedupe: bool = True) -> list[tuple[RunConfig, str, RunConfi
         target = alias_target(r, runs) if dedupe else None
         if st in (Status.MISSING, Status.FAILED, Status.ALIAS_PENDING) and _locked(grid, r):
             st = Status.RUNNING
-        elif st == Status.MISSING and (grid.ckpt_dir(r) / LAST).exists():
+        elif st == Status.MISSING and _checkpoints(grid.ckpt_dir(r)):
             st = Status.PARTIAL
         out.append((r, st, target))
     return out
 
 
+def _checkpoints(ckpt: Path) -> list[tuple[str, Path]]:
+    """(part, folder) of every ``last.pt`` a run has: its own, or one per part of a procedure that trains
+    several models (``two_expert``: ``head/``, ``tail/``, in training order)."""
+    own = [("", ckpt)] if (ckpt / LAST).exists() else []
+    parts = sorted((p.stat().st_mtime, p.parent.name, p.parent) for p in ckpt.glob(f"*/{LAST}")) if ckpt.is_dir() else []
+    return own + [(name, folder) for _, name, folder in parts]
+
+
 def progress(grid: Grid, cfg: RunConfig) -> str:
-    """'epoch 37/200 (launch 2)' from a run's progress file, '' if it has none."""
+    """'epoch 37/200 (launch 2), ~40 min left' from a run's progress file ('expert tail: epoch 3/10' for a run
+    that trains several models), '' if it has none."""
+    out = []
+    for part, folder in _checkpoints(grid.ckpt_dir(cfg)) or [("", grid.ckpt_dir(cfg))]:
+        try:
+            p = json.loads((folder / PROGRESS).read_text())
+        except (OSError, ValueError):
+            continue
+        left = (p["epochs"] - p["epoch"]) * p.get("seconds_per_epoch", 0)
+        eta = f", ~{left / 60:.0f} min left" if left > 0 else ""
+        out.append((f"expert {part}: " if part else "") + f"epoch {p['epoch']}/{p['epochs']}"
+                   + (f" (launch {p['launch']})" if p.get("launch", 1) > 1 else "") + eta)
+    return "; ".join(out)
+
+
+def forced_note(grid: Grid, cfg: RunConfig) -> str:
+    """What a finished run's folder says about forced re-runs: one in progress or interrupted, or the last
+    one that failed after the current result was made ('' if none)."""
+    attempt = forced_attempt(grid, cfg)
+    if attempt is not None:
+        state = "running" if _locked(grid, cfg) else "interrupted (--force resumes it)"
+        where = progress(grid, cfg)
+        return f"forced re-run {attempt['stamp']} {state}" + (f": {where}" if where else "")
+    run_dir = grid.run_dir(cfg)
+    failed = failed_attempts(run_dir)
     try:
-        p = json.loads((grid.ckpt_dir(cfg) / PROGRESS).read_text())
-    except (OSError, ValueError):
+        current = (run_dir / COMPLETE).stat().st_mtime
+    except OSError:
         return ""
-    left = (p["epochs"] - p["epoch"]) * p.get("seconds_per_epoch", 0)
-    eta = f", ~{left / 60:.0f} min left" if left > 0 else ""
-    return f"epoch {p['epoch']}/{p['epochs']}" + (f" (launch {p['launch']})" if p.get("launch", 1) > 1 else "") + eta
+    if failed and (run_dir / f"{PROVENANCE}.failed-{failed[0]['stamp']}").stat().st_mtime >= current:
+        return f"forced re-run {failed[0]['stamp']} failed, this result kept: {failed[0]['error']}"
+    return ""
 
 
 def _resume_epoch(grid: Grid, cfg: RunConfig) -> int:
@@ -367,12 +400,13 @@ def papermill_command(grid: Grid, cfg: RunConfig, out_nb: Path, params_file: Pat
             "-f", str(params_file), "--cwd", str(REPO / "notebooks"), "--no-progress-bar"]
 
 
-def notebook_parameters(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
-    """The notebook's own parameters (read from its parameters cell) plus every other config field in ``extra``."""
+def notebook_parameters(grid: Grid, cfg: RunConfig, output_dir: Path | None = None) -> dict[str, Any]:
+    """The notebook's own parameters (read from its parameters cell) plus every other config field in ``extra``;
+    ``output_dir``: where the run writes its results (default its results folder; a forced re-run stages them)."""
     d = cfg.to_dict()
     params = {k: d.pop(k) for k in config_parameter_names()}
-    return {**params, "extra": d, "output_dir": str(grid.run_dir(cfg)), "checkpoint_dir": str(grid.ckpt_dir(cfg)),
-            "smoke": False, "show_progress": True}
+    return {**params, "extra": d, "output_dir": str(output_dir or grid.run_dir(cfg)),
+            "checkpoint_dir": str(grid.ckpt_dir(cfg)), "smoke": False, "show_progress": True}
 
 
 KERNEL_START_ERRORS = ("Kernel died before replying to kernel_info", "Kernel didn't respond", "NoSuchKernel")
@@ -500,6 +534,8 @@ def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, f
             if not force and run_status(run_dir, cfg.fingerprint()) == Status.DONE:
                 _log.info(f"skip {cfg.run_path()}: finished by another process meanwhile")
                 return Outcome.BUSY
+            if force and run_status(run_dir) == Status.DONE:  # a finished result (current or stale) stays current
+                return _forced_rerun(grid, cfg, env, start, t0)
             if force:
                 _set_aside(run_dir, ckpt)
             problem = _stage1_problem(grid, cfg)
@@ -524,20 +560,23 @@ def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, f
     except OSError as exc:  # disk full, permissions: this run fails, the grid goes on
         err = f"{type(exc).__name__}: {exc}"
         try:
-            record_failure(run_dir, cfg, start, time.time() - t0, err)
+            if run_status(run_dir) != Status.DONE:  # a finished result's provenance is never overwritten
+                record_failure(run_dir, cfg, start, time.time() - t0, err)
         except OSError:
             pass
         _log.error(f"FAILED {cfg.run_path()}: {err}")
         return Outcome.FAILED
 
 
-def _execute_notebook(grid: Grid, cfg: RunConfig, env: dict[str, str] | None) -> subprocess.CompletedProcess | None:
+def _execute_notebook(grid: Grid, cfg: RunConfig, env: dict[str, str] | None,
+                      output_dir: Path | None = None) -> subprocess.CompletedProcess | None:
     """Write the run's parameters, execute its notebook with papermill into the checkpoint folder (once more
     if the kernel died before its first cell, papermill issue #511) and move the executed notebook, whole,
-    into the run folder, also on failure (it keeps the traceback). None: the grid was stopped meanwhile."""
+    into the run folder (or ``output_dir``), also on failure (it keeps the traceback). None: the grid was
+    stopped meanwhile."""
     ckpt = grid.ckpt_dir(cfg)
     params_file, partial = ckpt / NOTEBOOK_PARAMETERS, ckpt / PARTIAL_NOTEBOOK
-    atomic_write_text(params_file, yaml.safe_dump(notebook_parameters(grid, cfg)))
+    atomic_write_text(params_file, yaml.safe_dump(notebook_parameters(grid, cfg, output_dir)))
     cmd = papermill_command(grid, cfg, partial, params_file)
     full_env = {**os.environ, **(env or {}), "LTKIT_COMMAND": " ".join(cmd), "PYTHONUNBUFFERED": "1"}
     for attempt in (1, 2):
@@ -550,7 +589,7 @@ def _execute_notebook(grid: Grid, cfg: RunConfig, env: dict[str, str] | None) ->
         _log.warning(f"retry {cfg.run_path()}: the kernel died before running a cell")
         time.sleep(1.0)
     if partial.exists():
-        atomic_write_bytes(grid.run_dir(cfg) / EXECUTED_NOTEBOOK, partial.read_bytes())
+        atomic_write_bytes((output_dir or grid.run_dir(cfg)) / EXECUTED_NOTEBOOK, partial.read_bytes())
         partial.unlink()
     return proc
 
@@ -677,14 +716,130 @@ def record_notebooks(grid: Grid, jobs: int | None = None, stagger: float = 1.0) 
     return out
 
 
+def _stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{time.time_ns() % 1_000_000:06d}"
+
+
 def _set_aside(run_dir: Path, ckpt: Path) -> None:
-    """--force: train afresh. The old metrics and checkpoints are renamed ``*.replaced-<UTC time>``
-    (each generation kept), not deleted, and a preempted forced run then resumes from its *new*
-    checkpoint."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{time.time_ns() % 1_000_000:06d}"
+    """--force on a run with no finished result: train afresh. The old metrics and checkpoints are renamed
+    ``*.replaced-<UTC time>`` (each generation kept), not deleted, and a preempted forced run then resumes
+    from its *new* checkpoint."""
+    stamp = _stamp()
     for f in (run_dir / COMPLETE, run_dir / METRICS, ckpt / LAST, ckpt / FINAL):
         if f.exists():
             os.replace(f, f.with_name(f"{f.name}.replaced-{stamp}"))
+
+
+# A forced re-run of a finished run stages its results here (inside its checkpoint folder) until it is complete.
+FORCED_OUTPUT = "forced-output"
+FORCED_ATTEMPT = "attempt.json"
+RESULT_FILES = (EXECUTED_NOTEBOOK, "per_class.csv", "history.csv", "predictions.npz", PROVENANCE, METRICS)
+
+
+def forced_attempt(grid: Grid, cfg: RunConfig) -> dict[str, Any] | None:
+    """The forced re-run in progress or interrupted for this run (its stamp and start), None if there is none."""
+    try:
+        return json.loads((grid.ckpt_dir(cfg) / FORCED_OUTPUT / FORCED_ATTEMPT).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def failed_attempts(run_dir: Path) -> list[dict[str, Any]]:
+    """Forced re-runs of this run that failed while an earlier result stayed current (newest first)."""
+    out = []
+    for prov in sorted(run_dir.glob(f"{PROVENANCE}.failed-*"), reverse=True):
+        try:
+            p = json.loads(prov.read_text())
+        except (OSError, ValueError):
+            p = {}
+        out.append({"stamp": prov.name.split(".failed-", 1)[1], "error": p.get("error"), "end": p.get("end")})
+    return out
+
+
+def _forced_rerun(grid: Grid, cfg: RunConfig, env: dict[str, str] | None, start: str, t0: float) -> str:
+    """``--force`` on a run that has a finished result: nothing is lost whatever happens.
+
+    The finished result stays the current one while the new run trains; its results are staged in
+    ``<checkpoint>/forced-output`` and its checkpoints start afresh (the old ``last.pt`` / ``final.pt``
+    set aside as ``*.replaced-<stamp>``). Complete in full, it becomes current and the old result a
+    ``*.replaced-<stamp>`` generation beside it. Failed (divergence, a full disk, ...), it is recorded
+    beside the result as ``provenance.json.failed-<stamp>`` / ``train.ipynb.failed-<stamp>``, its
+    partial files set aside as ``*.failed-<stamp>``, and the old checkpoints come back. Interrupted,
+    it stays staged: the next ``--force`` resumes it.
+    """
+    run_dir, ckpt = grid.run_dir(cfg), grid.ckpt_dir(cfg)
+    stage = ckpt / FORCED_OUTPUT
+    attempt = forced_attempt(grid, cfg)
+    if attempt is None or attempt.get("fingerprint") != cfg.fingerprint():
+        if stage.exists():  # an interrupted attempt of another configuration: kept aside, not resumed
+            os.replace(stage, stage.with_name(f"{FORCED_OUTPUT}.replaced-{_stamp()}"))
+        attempt = {"stamp": _stamp(), "start": start, "fingerprint": cfg.fingerprint()}
+        for f in (ckpt / LAST, ckpt / FINAL):
+            if f.exists():
+                os.replace(f, f.with_name(f"{f.name}.replaced-{attempt['stamp']}"))
+    stamp = attempt["stamp"]
+    problem = _stage1_problem(grid, cfg)
+    err = problem
+    if not problem:
+        try:
+            atomic_write_text(stage / FORCED_ATTEMPT, json.dumps(attempt))
+            proc = _execute_notebook(grid, cfg, env, output_dir=stage)
+        except OSError as exc:  # disk full, permissions
+            proc, err = None, f"{type(exc).__name__}: {exc}"
+        else:
+            if proc is None:
+                _log.warning(f"interrupted the forced re-run of {cfg.run_path()}: the finished result stays current; "
+                             "--force again resumes it")
+                return Outcome.INTERRUPTED
+            if proc.returncode == 0 and load_metrics(stage) is not None:
+                try:
+                    _promote(run_dir, stage, stamp, cfg)
+                    return Outcome.DONE
+                except OSError as exc:
+                    err = f"{type(exc).__name__}: {exc} (while moving the new result into place)"
+            else:
+                err = notebook_error(stage / EXECUTED_NOTEBOOK) or (proc.stderr.strip().splitlines()
+                                                                     or ["unknown error"])[-1]
+    _keep_failed_attempt(run_dir, ckpt, stage, stamp, cfg, attempt["start"], time.time() - t0, err)
+    _log.error(f"FAILED forced re-run of {cfg.run_path()}: {err} (the finished result stays current; the attempt is "
+               f"kept as *.failed-{stamp})")
+    return Outcome.FAILED
+
+
+def _promote(run_dir: Path, stage: Path, stamp: str, cfg: RunConfig) -> None:
+    """The staged result becomes current, the old one a ``*.replaced-<stamp>`` generation. Its only write
+    (``complete.json``, into the stage) comes first, then renames only (no disk space needed); the old
+    ``complete.json`` goes first and the new one comes last, so a kill in between is never taken for done."""
+    mark_complete(stage, cfg.fingerprint())
+    for name in (COMPLETE, *RESULT_FILES):
+        f = run_dir / name
+        if f.exists():
+            os.replace(f, f.with_name(f"{name}.replaced-{stamp}"))
+    for name in (*RESULT_FILES, COMPLETE):  # metrics.json, then complete.json last
+        if (stage / name).exists():
+            os.replace(stage / name, run_dir / name)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def _keep_failed_attempt(run_dir: Path, ckpt: Path, stage: Path, stamp: str, cfg: RunConfig, start: str, wall: float,
+                         err: str) -> None:
+    """Record a failed forced re-run beside the result that stays current, and put the old checkpoints back."""
+    try:
+        prov = stage / PROVENANCE
+        if not prov.exists() or json.loads(prov.read_text()).get("status") != Status.FAILED:
+            record_failure(stage, cfg, start, wall, err)
+        for name in (PROVENANCE, EXECUTED_NOTEBOOK):
+            if (stage / name).exists():
+                atomic_write_bytes(run_dir / f"{name}.failed-{stamp}", (stage / name).read_bytes())
+    except OSError as exc:  # the disk is still full: the log line is the record
+        _log.error(f"could not record the failed attempt of {cfg.run_path()} beside its result: {exc}")
+    for f in (ckpt / LAST, ckpt / FINAL, stage):  # the attempt's partial files, set aside
+        if f.exists():
+            os.replace(f, f.with_name(f"{f.name}.failed-{stamp}"))
+    for name in (LAST, FINAL):  # the finished run's checkpoints are current again
+        old = ckpt / f"{name}.replaced-{stamp}"
+        if old.exists():
+            os.replace(old, ckpt / name)
 
 
 MEASURED_PEAKS = REPO / "benchmarks" / "results" / "throughput_eager.json"
@@ -822,7 +977,8 @@ def run_grid(grid: Grid, force: bool = False, dedupe: bool = True, jobs: int | N
     STOP.clear()
     size = pack_size(grid.pack)
     for phase in phases(todo):
-        items = pack_runs(phase, size, lambda c: _resume_epoch(grid, c))
+        items = pack_runs(phase, size, lambda c: _resume_epoch(grid, c),
+                          alone=lambda c: force and run_status(grid.run_dir(c)) == Status.DONE)
         with ThreadPoolExecutor(max_workers=len(slots)) as pool, tqdm(total=len(phase), desc=grid.name, unit="run") as bar:
             futures = []
             try:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig
-from .grid import Grid, Outcome, execute_run, pending_runs, phases
+from .grid import Grid, Outcome, execute_run, forced_attempt, pending_runs, phases
 from .io import atomic_write_json
 
 SLURM_KEYS = {"partition": "slurm_partition", "gpus_per_node": "gpus_per_node", "timeout_min": "timeout_min",
@@ -63,8 +63,12 @@ class RunJob:
         """submitit calls this on preemption/timeout: requeue; the run resumes from its last epoch."""
         import submitit
 
-        # the requeued job must not re-run from scratch what it was resuming: force is off
-        return submitit.helpers.DelayedSubmission(RunJob(self.name, self.results, self.runs, self.run_path))
+        # the requeued job must not re-run from scratch what it was resuming: force is off, except for a forced
+        # re-run of a finished result, which is staged beside it and resumes only under --force (grid._forced_rerun)
+        grid, cfg = self._grid_and_cfg()
+        resume_forced = self.force and forced_attempt(grid, cfg) is not None
+        return submitit.helpers.DelayedSubmission(RunJob(self.name, self.results, self.runs, self.run_path,
+                                                         force=resume_forced))
 
 
 def slurm_parameters(grid: Grid) -> dict[str, Any]:
