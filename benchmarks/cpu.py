@@ -183,6 +183,22 @@ def summarise(m: dict, cores: int) -> dict:
                      "met": all(r["loop_over_bare_step"] >= 0.9 for r in loops.values())}}
 
 
+def busy_cores(seconds: float = 2.0) -> float:
+    """Cores kept busy by other processes over ``seconds`` (``/proc/stat``; the load average lags a minute
+    behind, so a campaign stopped just before would still count)."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            v = [int(x) for x in fh.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+    try:
+        t0, i0 = sample()
+        time.sleep(seconds)
+        t1, i1 = sample()
+    except OSError:
+        return 0.0
+    return (1 - (i1 - i0) / max(1, t1 - t0)) * (os.cpu_count() or 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true")
@@ -201,9 +217,9 @@ def main() -> None:
     from ltkit.results import environment
 
     n = cores()
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: load average {load:.1f} before the benchmark: other work shares these cores and the figures "
+    load = busy_cores()
+    if load > 0.3:
+        print(f"warning: {load:.1f} cores busy before the benchmark: other work shares these cores and the figures "
               "will show it (stop the campaign first: make campaign-stop)", file=sys.stderr)
     t0 = time.perf_counter()
     m = measure(n, args.rounds or (1 if args.tiny else 3), args.tiny)
@@ -211,7 +227,7 @@ def main() -> None:
     report = {"device": f"cpu: {cpu_model()}, {n} cores", "cpu_bf16_units": list(cpu_bf16_units()),
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "torch": env["torch"],
               "git": env["git"], "tiny": args.tiny, "batch_size": 128, "model": "tiny_cnn" if args.tiny else "resnet32",
-              "reference": REFERENCE, "load_average_before": round(load, 2), **summarise(m, n),
+              "reference": REFERENCE, "busy_cores_before": round(load, 2), **summarise(m, n),
               "samples": m["step_samples"],
               "wall_s": round(time.perf_counter() - t0, 1)}
     for k, v in report["steps"].items():
