@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 lock:
 	test -x $(PY) || python3 -m venv $(VENV)
 	@tmp=$$(mktemp); $(PY) -m pip install -q --dry-run --ignore-installed --report $$tmp $(TORCH) -e ".[dev]" \
-	  && PYTHONPATH=. $(PY) -m ltkit.envlock $$tmp > $(LOCK).new && mv $(LOCK).new $(LOCK); rm -f $$tmp
+	  && PYTHONPATH=. $(PY) -m ltkit.core.envlock $$tmp > $(LOCK).new && mv $(LOCK).new $(LOCK); rm -f $$tmp
 	@echo "wrote $(LOCK) ($$(grep -c == $(LOCK)) packages); make setup installs it"
 
 test: setup

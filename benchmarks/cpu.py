@@ -11,13 +11,13 @@ Measured, each in its own process (threads fixed before torch starts):
 
   step   ResNet-32 training steps (batch 128, SGD, CE) on a random batch: fp32 / bf16 x NCHW / channels_last,
          on all cores, and bf16 channels_last with one thread in N processes at once (aggregate)
-  loop   ltkit.train.train_model on CIFAR-shaped uint8 data (Cao et al.'s CIFAR-100-LT IF 100 sizes:
+  loop   ltkit.training.loop.train_model on CIFAR-shaped uint8 data (Cao et al.'s CIFAR-100-LT IF 100 sizes:
          10,847 training images; validation 1,980 per epoch; test 10,000 on 56 of 200 epochs),
          training images/s alone and with the epoch's validation, per thread split
 
 and the minutes a 200-epoch cao2019 run takes for each. ``best_split`` (jobs x threads with the most
 training images/s through the whole loop) is what ``ltkit grid run`` and the campaign use by default
-on a machine with this many cores (:func:`ltkit.hardware.cpu_plan`).
+on a machine with this many cores (:func:`ltkit.core.hardware.cpu_plan`).
 
     python benchmarks/cpu.py                  # make bench on a machine without a GPU (~8 min on 2 cores)
     python benchmarks/cpu.py --tiny           # seconds; the figures mean nothing, the format is tested
@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 CAO_TRAIN, CAO_VAL, CAO_TEST, EPOCHS = 10_847, 1_980, 10_000, 200
-TEST_EPOCHS = 56  # epochs that track the test set in a 200-epoch run (ltkit.train._test_epoch: >= 160, every 10th)
+TEST_EPOCHS = 56  # epochs that track the test set in a 200-epoch run (ltkit.training.loop._test_epoch: >= 160, every 10th)
 REFERENCE = "step bf16 channels_last"
 
 
@@ -47,8 +47,8 @@ def _step_worker(precision: str, layout: str, steps: int, warmup: int, tiny: boo
     import numpy as np
     import torch
 
-    from ltkit.losses import create_loss
-    from ltkit.models import create_model
+    from ltkit.losses.factories import create_loss
+    from ltkit.models.factories import create_model
 
     model = create_model("tiny_cnn" if tiny else "resnet32", 100)
     cl = layout == "channels_last"
@@ -81,10 +81,10 @@ def _loop_worker(precision: str, n_train: int, tiny: bool) -> dict:
     import numpy as np
     import torch
 
-    from ltkit.config import make_config
-    from ltkit.data import LTDataset, Split
-    from ltkit.engine import build_model, make_context
-    from ltkit.train import train_model
+    from ltkit.data.protocols import LTDataset, Split
+    from ltkit.training.check import make_config
+    from ltkit.training.engine import build_model, make_context
+    from ltkit.training.loop import train_model
 
     k = 100
     g = torch.Generator().manual_seed(0)
@@ -213,8 +213,8 @@ def main() -> None:
         else:
             print(json.dumps(_loop_worker(rest[0], int(rest[1]), rest[2] == "1")))
         return
-    from ltkit.hardware import cores, cpu_bf16_units, cpu_model
-    from ltkit.results import environment
+    from ltkit.core.hardware import cores, cpu_bf16_units, cpu_model
+    from ltkit.runs.provenance import environment
 
     n = cores()
     load = busy_cores()

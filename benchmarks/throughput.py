@@ -3,7 +3,7 @@
 For each backbone, in one process, it measures training images/s of
 
   (a) the model-bound ceiling: random float batches already on the device;
-  (b) ltkit's own loop (``ltkit.train.train_model``) on uint8 CIFAR-shaped data
+  (b) ltkit's own loop (``ltkit.training.loop.train_model``) on uint8 CIFAR-shaped data
       held on the device, with its batched augmentation;
   (c) the conventional recipe: torchvision DataLoader + PIL transforms
       (Resize, RandomCrop(padding=4), flip, ToTensor, Normalize), one worker per core;
@@ -35,12 +35,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ltkit.config import make_config  # noqa: E402
-from ltkit.data import LTDataset, Split  # noqa: E402
-from ltkit.engine import build_model, make_context, make_optimizer, maybe_compile  # noqa: E402
-from ltkit.losses import create_loss  # noqa: E402
-from ltkit.results import environment  # noqa: E402
-from ltkit.train import train_model  # noqa: E402
+from ltkit.data.protocols import LTDataset, Split  # noqa: E402
+from ltkit.losses.factories import create_loss  # noqa: E402
+from ltkit.runs.provenance import environment  # noqa: E402
+from ltkit.training.check import make_config  # noqa: E402
+from ltkit.training.engine import build_model, make_context, make_optimizer, maybe_compile  # noqa: E402
+from ltkit.training.loop import train_model  # noqa: E402
 
 THESIS_TRAIN = {"balanced": 45_000, "long_tailed": 9_754}
 THESIS_VAL = 10_000
@@ -184,7 +184,7 @@ def packed_model(device, n: int, epochs: int, tiny: bool, backend: str = "auto")
     """Aggregate training images/s of ``n`` resnet32 runs trained as one packed model (ltkit.packed), one process."""
     import dataclasses
 
-    from ltkit.packed import train_pack
+    from ltkit.training.packed import train_pack
 
     cfgs = [make_config(protocol="cao2019", dataset="synthetic", model="resnet32" if not tiny else "tiny_cnn",
                         epochs=epochs, track_test=False, seed=i, **PACK_MIX[i % len(PACK_MIX)]) for i in range(n)]
@@ -205,8 +205,8 @@ def packed_model(device, n: int, epochs: int, tiny: bool, backend: str = "auto")
 
 def cao2019_trainings(path: str = "configs/cao2019-cifar100-if100.yaml") -> int:
     """Full trainings the IF 100 grid costs (3 seeds, every method; stage-two procedures reuse stage one)."""
-    from ltkit.grid import load_grid
-    from ltkit.procedures import PROCEDURES
+    from ltkit.grid.spec import load_grid
+    from ltkit.training.procedures import PROCEDURES
 
     return sum(PROCEDURES.info(r.procedure).trainings for r in load_grid(REPO / path).runs)
 

@@ -22,7 +22,7 @@ import yaml
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
     from .config import ConfigError
-    from .io import yaml_load
+    from .core.io import yaml_load
 
     out = {}
     for p in pairs:
@@ -84,6 +84,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .grid.executors import EXECUTORS
+
     ap = argparse.ArgumentParser(prog="ltkit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="how much the library logs (default: info)")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -97,9 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="concurrent runs (default: one per GPU slot; on a CPU the split `make bench` measured best, else 1)")
     g.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU: threads per run (default: cores // jobs, or OMP_NUM_THREADS); jobs x threads <= cores")
-    g.add_argument("--executor", choices=["local", "slurm", "submitit-local", "debug"], default="local",
-                   help="local: one run per GPU slot on this box; slurm: submitit jobs; submitit-local/debug: the slurm path "
-                        "without a cluster (tests)")
+    g.add_argument("--executor", choices=EXECUTORS.names(), default="local",
+                   help="; ".join(f"{k}: {EXECUTORS.info(k).description}" for k in EXECUTORS.names()))
     g.add_argument("--results", default=None, help="results folder (default: the grid's)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field for every run, e.g. --set epochs=1")
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "data" and args.action == "inspect":
         return _inspect(args.src, args.image_size)
     if args.cmd == "data" and args.action == "subsets":
-        from .data import write_cao2019_subsets
+        from .data.bundle import write_cao2019_subsets
 
         if not args.out:
             print("ltkit: data subsets needs --out (a .json file)", file=sys.stderr)
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{key}: {entry['total']} images, sha256 {entry['sha256']}")
         return 0
     if args.cmd == "data":
-        from .data import pack_subset
+        from .data.bundle import pack_subset
 
         if not (args.src and args.out and args.protocol):
             print("ltkit: data pack needs --src, --out and --protocol", file=sys.stderr)
@@ -161,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         return _campaign(args)
 
     from .config import ConfigError
-    from .grid import check_pack, forced_note, load_grid, plan, progress, run_grid
-    from .results import Status
+    from .grid.plan import forced_note, plan, progress
+    from .grid.spec import check_pack, load_grid
+    from .runs.status import Status
 
     try:
         overrides = _overrides(args.set)
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(grid.runs)} runs in {grid.name}")
         return 0
     if args.action == "status":
-        from .submit import executor_status
+        from .grid.submitit import executor_status
 
         rows = plan(grid, not args.no_dedupe)
         extra = executor_status(grid)
@@ -212,36 +214,24 @@ def main(argv: list[str] | None = None) -> int:
         print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
         return 0
     if args.action == "record":
-        from .grid import record_notebooks
+        from .grid.execute import record_notebooks
 
         rec = record_notebooks(grid, jobs=args.jobs)
         print(f"notebooks executed {len(rec['done'])}, failed {len(rec['failed'])}, busy {len(rec['busy'])}")
         return 1 if rec["failed"] else 0
+    execute = EXECUTORS.get(args.executor)
+    try:
+        res = execute(grid, force=args.force, dedupe=not args.no_dedupe, jobs=args.jobs, threads=args.threads,
+                      notebooks=not args.no_notebooks, log_dir=args.slurm_log_dir)
+    except ConfigError as exc:
+        print(f"ltkit: {exc}", file=sys.stderr)
+        return 2
     if args.executor != "local":
-        from .submit import submit_grid
-
-        try:
-            res = submit_grid(grid, executor=args.executor, force=args.force, dedupe=not args.no_dedupe,
-                              log_dir=args.slurm_log_dir)
-        except ConfigError as exc:
-            print(f"ltkit: {exc}", file=sys.stderr)
-            return 2
         print(f"submitted {res['submitted']}, aliased {res['aliased']}, failed {len(res['failed'])}")
         for p in res["failed"]:
             print(f"  failed: {p}", file=sys.stderr)
         return 1 if res.get("failed") else 0
-    import signal
-
-    def _term(signum, frame):  # SIGTERM (a scheduler, `kill`) stops the grid as Ctrl-C does
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
-    try:
-        summary = run_grid(grid, force=args.force, dedupe=not args.no_dedupe, jobs=args.jobs,
-                           notebooks=not args.no_notebooks, threads=args.threads)
-    except ConfigError as exc:
-        print(f"ltkit: {exc}", file=sys.stderr)
-        return 2
+    summary = res
     print(", ".join(f"{k} {len(summary[k])}" for k in ("done", "skipped", "aliased", "failed", "stale", "interrupted", "busy")))
     if summary["interrupted"]:
         print(f"interrupted: {len(summary['interrupted'])} run(s) not finished; finished runs are kept and the same "
@@ -267,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
 def _campaign(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from . import campaign
     from .config import ConfigError
+    from .grid import campaign
 
     try:
         if args.action == "status":
@@ -306,8 +296,8 @@ def _inspect(src: str | None, image_size: int) -> int:
 
     import numpy as np
 
-    from .data import DataError
-    from .folder import by_count, decode_folder
+    from .data.folder import by_count, decode_folder
+    from .data.splits import DataError
 
     if not src:
         print("ltkit: data inspect needs --src (a folder with one sub-folder per class)", file=sys.stderr)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .stats import accuracy_ci
+from .core.stats import accuracy_ci
 
 if TYPE_CHECKING:  # tensors come in from the loop; the report and the book read metrics without importing torch
     import torch

@@ -12,8 +12,9 @@ SYN = {"num_classes": 10, "train_per_class": 100, "test_per_class": 20}
 
 @pytest.fixture
 def tiny_cfg():
+    # fp32: tests compare numbers exactly (and across the CPU loop and the vmap path); bf16 is tested on its own
     return dict(protocol="cao2019", dataset="synthetic", model="tiny_cnn", loss="ce", seed=0, imb_factor=10,
-                epochs=2, source_params=dict(SYN), bootstrap=50)
+                epochs=2, source_params=dict(SYN), bootstrap=50, precision="fp32")
 
 
 def cifar_root():
@@ -24,6 +25,6 @@ def cifar_root():
 def grid_spec(tmp_path, source_params: dict, prefix: str = "t", **kw) -> dict:
     """A tiny synthetic grid: one epoch of tiny_cnn on cao2019-style data, results under ``tmp_path``."""
     base = {"protocol": "cao2019", "dataset": "synthetic", "model": "tiny_cnn", "imb_factor": 5, "epochs": 1,
-            "bootstrap": 20, "source_params": source_params}
+            "bootstrap": 20, "source_params": source_params, "precision": "fp32"}
     return {"name": f"{prefix}{abs(hash(str(tmp_path))) % 10**6}", "results": str(tmp_path / "results"), "base": base,
             "seeds": [0], "methods": ["ce", "bs"], **kw}

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ltkit.grid import load_grid, run_grid
+from ltkit.grid.executors import run_grid
+from ltkit.grid.spec import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ def test_book_builds_from_fresh_demo_results(tmp_path):
     shutil.rmtree(g.ckpt_root, ignore_errors=True)
     # the demo runs use the cao2019 protocol: let the CIFAR-LT chapter read them too
     shutil.copytree(tmp_path / "demo" / "cao2019", tmp_path / "results" / "cao2019")
-    from ltkit.report import stage_runs
+    from ltkit.report.book import stage_runs
 
     staged = stage_runs(tmp_path / "results")  # what `make book` does first: the runs' notebooks into the book
     assert len(staged) == 14 and (staged["page"] == staged["slug"]).sum() == 12  # 6 demo + 6 thesis runs

@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from ltkit import campaign
-from ltkit.config import ConfigError
+from ltkit.config.fields import ConfigError
+from ltkit.grid import campaign
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = {"num_classes": 10, "train_per_class": 60, "test_per_class": 10}
@@ -86,7 +86,7 @@ def test_campaign_trains_from_its_commit_in_priority_order(tmp_path):
     st = campaign.start(repo / "configs" / "tiny-campaign.yaml", repo=repo)
     try:
         # an edit in the working tree after the start must not reach the runs: break the training loop here
-        (repo / "ltkit" / "train.py").write_text("raise RuntimeError('edited working tree')\n")
+        (repo / "ltkit" / "training" / "loop.py").write_text("raise RuntimeError('edited working tree')\n")
         assert st["commit"] == sha and st["jobs"] == 1 and st["threads"] == 1
         again = campaign.start(repo / "configs" / "tiny-campaign.yaml", repo=repo)
         assert again["already_running"] and again["pid"] == st["pid"]

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 from conftest import cifar_root
 
-from ltkit.data import DataError, load_dataset, synthetic_pool
-from ltkit.registry import UnknownNameError
-from ltkit.splits import class_groups, lt_counts
+from ltkit.core.registry import UnknownNameError
+from ltkit.data.protocols import load_dataset
+from ltkit.data.sources import synthetic_pool
+from ltkit.data.splits import DataError, class_groups, lt_counts
 
 
 def test_thesis_counts_formula():
@@ -111,7 +112,7 @@ def _cao_literal(labels: np.ndarray, imb_factor: float, imb_type: str = "exp") -
 
 @pytest.mark.parametrize("k,n,imb", sorted(CAO_SUBSET_SHA))
 def test_cao2019_subset_is_pinned(k, n, imb):
-    from ltkit.splits import cao2019_subset_table
+    from ltkit.data.splits import cao2019_subset_table
 
     assert cao2019_subset_table([n] * k, imb)["sha256"] == CAO_SUBSET_SHA[(k, n, imb)]
 
@@ -121,7 +122,7 @@ def test_cao2019_subset_is_pinned(k, n, imb):
 def test_cao2019_indices_match_their_code(k, n, imb, typ):
     """Same images as Cao's code, whatever the order of classes in the pool (an npz grouped by class,
     or torchvision's interleaved order): only the order within a class matters."""
-    from ltkit.splits import cao2019_indices
+    from ltkit.data.splits import cao2019_indices
 
     rng = np.random.default_rng(1)
     for labels in (np.repeat(np.arange(k), n), rng.permutation(np.repeat(np.arange(k), n))):
@@ -131,7 +132,7 @@ def test_cao2019_indices_match_their_code(k, n, imb, typ):
 
 def test_cao2019_differs_from_first_n_as_reported():
     """The reviewer's figure: at IF 100 only 5,580 of the 10,847 images are the first n_i of their class."""
-    from ltkit.splits import cao2019_indices
+    from ltkit.data.splits import cao2019_indices
 
     labels = np.repeat(np.arange(100), 500)
     ix = cao2019_indices(labels, 100, 100, val_per_class=20)
@@ -147,7 +148,7 @@ def test_published_subset_lists_are_current():
 
     from conftest import REPO
 
-    from ltkit.splits import cao2019_subset_table
+    from ltkit.data.splits import cao2019_subset_table
 
     pub = json.loads((REPO / "book" / "data" / "cao2019_subsets.json").read_text())
     for key, entry in pub["settings"].items():

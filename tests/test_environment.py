@@ -9,7 +9,7 @@ import tomllib
 import yaml
 from packaging.requirements import Requirement
 
-from ltkit.envlock import LOCK, lock_status, read_lock
+from ltkit.core.envlock import LOCK, lock_status, read_lock
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -17,7 +17,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 MODULE = {"pyyaml": "yaml", "pillow": "PIL", "jupyter-book": "jupyter_book", "huggingface-hub": "huggingface_hub", "ipython": "IPython"}
 # tools used from the command line or as a plugin rather than imported: where they are used
 INVOKED = {"pytest": "Makefile", "ruff": "Makefile", "jupyter-book": "Makefile", "ipykernel": "Makefile", "ghp-import": "Makefile",
-           "papermill": "ltkit/grid.py", "hypothesis": "tests/test_grid.py"}
+           "papermill": "ltkit/grid/execute.py", "hypothesis": "tests/test_grid.py"}
 
 
 def _declared() -> list[Requirement]:
@@ -61,7 +61,7 @@ def _imports(paths: list[Path]) -> set[str]:
 
 
 def test_declared_dependencies_are_used_and_used_ones_declared():
-    code = list((REPO / "ltkit").glob("*.py")) + list((REPO / "benchmarks").glob("*.py"))
+    code = list((REPO / "ltkit").rglob("*.py")) + list((REPO / "benchmarks").glob("*.py"))
     tests = list((REPO / "tests").glob("*.py"))
     used = _imports(code)
     for req in _declared():

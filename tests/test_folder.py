@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ltkit.data import DataError, load_dataset, synthetic_pool
+from ltkit.data.protocols import load_dataset
+from ltkit.data.sources import synthetic_pool
+from ltkit.data.splits import DataError
 
 COUNTS = {"alpha": 6, "beta": 40, "gamma": 15, "delta": 3}  # deliberately not in frequency order
 
@@ -63,7 +65,7 @@ def test_empty_class_is_an_error_that_names_it(tmp_path):
 
 
 def test_images_are_decoded_once_then_cached(tmp_path, monkeypatch):
-    import ltkit.folder as F
+    import ltkit.data.folder as F
 
     root = make_folder(tmp_path / "d")
     a = load_dataset("folder", "natural", root=root, source_kwargs={"image_size": 12})
@@ -79,8 +81,8 @@ def test_images_are_decoded_once_then_cached(tmp_path, monkeypatch):
 
 
 def test_a_run_on_folder_data_end_to_end(tmp_path):
-    from ltkit.config import make_config
-    from ltkit.pipeline import run
+    from ltkit.training.check import make_config
+    from ltkit.training.pipeline import run
 
     root = make_folder(tmp_path / "moths")
     cfg = make_config(dict(protocol="natural", dataset="folder", data_root=str(root), model="tiny_cnn", loss="bs",
@@ -102,3 +104,42 @@ def test_inspect_command_counts_classes_and_names_bad_files(tmp_path, capsys):
     assert out.index("beta") < out.index("gamma") < out.index("alpha") < out.index("delta")
     assert "1 unreadable file(s) skipped:\n  gamma/bad.png" in out
     assert main(["data", "inspect", "--src", str(tmp_path / "none")]) == 2
+
+
+def _folder(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for c, n in (("cat", 6), ("dog", 3)):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_folder_class_linking_back_into_the_data_is_refused(tmp_path):
+    from ltkit.data.folder import decode_folder
+    from ltkit.data.splits import DataError
+
+    root = _folder(tmp_path)
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    with pytest.raises(DataError, match="symbolic link.*counted twice"):
+        decode_folder(root, 8, progress=False)
+
+
+def test_folder_truncated_cache_is_rebuilt_and_bomb_skipped(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from ltkit.data.folder import decode_folder
+
+    root = _folder(tmp_path)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / "cat" / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 = 4,096 > 2 x 1,000: a "bomb"
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        x, y, names, skipped = decode_folder(root, 8, progress=False)
+    assert skipped == ["cat/bomb.png"] and len(y) == 9
+    (cache,) = (root / ".ltkit-cache").glob("*.npz")
+    cache.write_bytes(cache.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="unreadable.*decoding the images again"):
+        x2, y2, _, _ = decode_folder(root, 8, progress=False)
+    assert np.array_equal(x, x2)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ltkit.grid import load_grid
+from ltkit.grid.spec import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
 

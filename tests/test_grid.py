@@ -11,10 +11,12 @@ from conftest import grid_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ltkit.config import ConfigError
-from ltkit.grid import grid_from_spec, load_grid, plan, run_grid
-from ltkit.io import LockHeld, run_lock
-from ltkit.report import collect
+from ltkit.config.fields import ConfigError
+from ltkit.core.io import LockHeld, run_lock
+from ltkit.grid.executors import run_grid
+from ltkit.grid.plan import plan
+from ltkit.grid.spec import grid_from_spec, load_grid
+from ltkit.report.collect import collect
 
 REPO = Path(__file__).resolve().parents[1]
 SYN = {"num_classes": 10, "train_per_class": 60, "test_per_class": 10}
@@ -110,7 +112,7 @@ def test_grid_end_to_end_through_papermill(tmp_path):
 
 @pytest.mark.slow
 def test_submitit_debug_executor_runs_grid(tmp_path):
-    from ltkit.submit import RunJob, slurm_parameters, submit_grid
+    from ltkit.grid.submitit import RunJob, slurm_parameters, submit_grid
 
     s = spec(tmp_path, methods=["ce"], slurm={"partition": "gpu", "timeout_min": 30, "array_parallelism": 4})
     path = grid_file(tmp_path, s)
@@ -122,7 +124,7 @@ def test_submitit_debug_executor_runs_grid(tmp_path):
     assert res["submitted"] == 1 and not res["failed"]
     assert collect(g.results)["status"].tolist() == ["done"]
     # preemption requeues the same run (which then resumes from its checkpoint)
-    from ltkit.submit import job_runs
+    from ltkit.grid.submitit import job_runs
 
     job = RunJob(g.name, str(g.results), job_runs(g, g.runs[0]), g.runs[0].run_path())
     assert job.checkpoint().function.run_path == job.run_path
@@ -151,7 +153,7 @@ def test_submitit_local_job_preempted_requeued_and_resumed(tmp_path):
 
     import pandas as pd
 
-    from ltkit.submit import jobs_file, submit_grid
+    from ltkit.grid.submitit import jobs_file, submit_grid
 
     s = spec(tmp_path, methods=["ce"])
     s["base"].update(epochs=40, source_params={"num_classes": 10, "train_per_class": 300, "test_per_class": 10})
@@ -200,7 +202,7 @@ def test_shipped_cao2019_grid_runs_end_to_end_tiny(name, tmp_path):
 def test_slurm_submission_writes_the_sbatch_array_and_chains_stage_two(tmp_path, monkeypatch):
     """A fake ``sbatch`` on PATH records what submitit would hand to Slurm: one array per phase,
     the grid's partition / GPUs / time / parallelism, and stage two ``afterok`` on stage one."""
-    from ltkit.submit import jobs_file, submit_grid
+    from ltkit.grid.submitit import jobs_file, submit_grid
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -290,7 +292,7 @@ def test_two_grid_commands_on_one_results_folder_train_each_run_once(tmp_path):
 
 def test_status_shows_the_epoch_a_partial_run_reached(tmp_path, capsys):
     from ltkit.cli import main
-    from ltkit.pipeline import run
+    from ltkit.training.pipeline import run
 
     s = spec(tmp_path, methods=["ce", "bs"])
     s["base"]["epochs"] = 2
@@ -308,8 +310,8 @@ def test_status_shows_the_epoch_a_partial_run_reached(tmp_path, capsys):
 
 def test_a_grid_extends_another_and_changes_only_what_it_names(tmp_path):
     """The cao2019 variants are the IF 100 grid with the data changed: same methods, seeds and recipe."""
-    from ltkit.config import ConfigError
-    from ltkit.grid import load_grid
+    from ltkit.config.fields import ConfigError
+    from ltkit.grid.spec import load_grid
 
     full = load_grid("configs/cao2019-cifar100-if100.yaml")
     for path, dataset, imb in (("configs/cao2019-cifar100-if50.yaml", "cifar100", 50),

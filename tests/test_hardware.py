@@ -11,9 +11,10 @@ import sys
 import pytest
 import torch
 
-from ltkit import hardware
-from ltkit.config import ConfigError, make_config
-from ltkit.grid import load_grid
+from ltkit.config.fields import ConfigError
+from ltkit.core import hardware
+from ltkit.grid.spec import load_grid
+from ltkit.training.check import make_config
 
 
 @pytest.fixture
@@ -43,6 +44,7 @@ def test_auto_is_bf16_where_it_is_native_and_fp32_elsewhere(monkeypatch, no_bf16
 
 
 def test_make_config_resolves_auto_and_names_bad_values(tiny_cfg, no_bf16):
+    tiny_cfg = {**tiny_cfg, "precision": "auto"}
     assert make_config(tiny_cfg).precision == "fp32"
     assert make_config(tiny_cfg, device="cuda").precision == "bf16"
     with pytest.raises(ConfigError, match=r"'precision'.*'half'.*accepted: auto, fp32, bf16"):
@@ -80,8 +82,8 @@ def test_bf16_cpu_training_stays_close_to_fp32(tiny_cfg):
     the first epoch's loss within 1% (measured 0.06%). bf16 keeps 8 bits of mantissa (Kalamkar et al. 2019),
     so early updates carry ~1% noise that BatchNorm's fresh statistics amplify; the runs must differ (> 0),
     or bf16 was not used."""
-    from ltkit.engine import build_model, load_data, make_context
-    from ltkit.train import train_model
+    from ltkit.training.engine import build_model, load_data, make_context
+    from ltkit.training.loop import train_model
 
     def params(model):
         return torch.cat([p.detach().float().flatten() for p in model.parameters()])
@@ -140,7 +142,7 @@ def test_grid_refuses_an_oversubscribing_setting_in_one_line(tmp_path):
 
 
 def test_ltkit_nice_lowers_the_training_process():
-    code = "from ltkit.hardware import lower_priority; import os; lower_priority(); print(os.nice(0))"
+    code = "from ltkit.core.hardware import lower_priority; import os; lower_priority(); print(os.nice(0))"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**os.environ, "LTKIT_NICE": "7"})
     assert p.stdout.strip() == "7"

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltkit.losses import LOSSES, check_ce_equivalence, class_balanced_weights, create_loss, reduces_to_ce
+from ltkit.losses.factories import LOSSES, check_ce_equivalence, create_loss, reduces_to_ce
+from ltkit.losses.weights import class_balanced_weights
 
 LT = np.array([500, 200, 80, 30, 10, 4])
 BAL = np.full(6, 100)
@@ -95,7 +96,7 @@ def test_unknown_loss_lists_valid():
 
 
 def test_frequency_halves_split_by_count():
-    from ltkit.procedures import frequency_halves
+    from ltkit.training.experts import frequency_halves
 
     counts = np.array([5, 50, 7, 300, 20, 1])
     head, tail = frequency_halves(counts)
@@ -107,7 +108,7 @@ def test_frequency_halves_split_by_count():
 
 
 def test_restrict_classes_renumbers_labels_and_counts():
-    from ltkit.data import load_dataset, restrict_classes
+    from ltkit.data.protocols import load_dataset, restrict_classes
 
     ds = load_dataset("synthetic", "cao2019", imb_factor=10, source_kwargs={"num_classes": 6, "train_per_class": 40,
                                                                             "test_per_class": 5})
@@ -119,7 +120,7 @@ def test_restrict_classes_renumbers_labels_and_counts():
 
 
 def test_two_expert_combines_standardised_logits():
-    from ltkit.procedures import TwoExpert, standardise
+    from ltkit.training.experts import TwoExpert, standardise
 
     class Fixed(torch.nn.Module):
         def __init__(self, out):
@@ -140,7 +141,7 @@ def test_two_expert_combines_standardised_logits():
 
 
 def test_two_expert_run_trains_two_resumable_experts(tmp_path):
-    from ltkit.pipeline import run
+    from ltkit.training.pipeline import run
 
     cfg = dict(protocol="cao2019", dataset="synthetic", model="tiny_cnn", procedure="two_expert", epochs=2, bootstrap=20,
                imb_factor=20, source_params={"num_classes": 6, "train_per_class": 60, "test_per_class": 10})

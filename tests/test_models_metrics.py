@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from ltkit.core.stats import bootstrap_accuracy_ci, paired_difference, t_interval
 from ltkit.metrics import evaluate_predictions, macro_f1, split_metrics
-from ltkit.models import MODELS, create_model, get_classifier
-from ltkit.stats import bootstrap_accuracy_ci, paired_difference, t_interval
+from ltkit.models.factories import MODELS, create_model, get_classifier
 
 
 @pytest.mark.parametrize("name", ["resnet32", "tiny_cnn", "mobilenet_v2"])

@@ -19,7 +19,7 @@ import torch
 import yaml
 from conftest import grid_spec
 
-from ltkit.grid import load_grid
+from ltkit.grid.spec import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
 SYN = {"num_classes": 6, "train_per_class": 40, "test_per_class": 8}
@@ -157,7 +157,7 @@ def test_a_killed_two_expert_run_is_partial_and_resumes(tmp_path):
             raise AssertionError("the tail expert never reached epoch 3")
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        from ltkit.io import is_locked
+        from ltkit.core.io import is_locked
 
         lock = g.ckpt_dir(cfg) / ".train.lock"
         deadline = time.time() + 60

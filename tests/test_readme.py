@@ -25,7 +25,7 @@ def test_readme_loss_example_runs_in_a_plain_loop():
 def test_create_loss_is_a_plain_module_with_set_epoch():
     import torch
 
-    from ltkit.losses import LOSSES, create_loss
+    from ltkit.losses.factories import LOSSES, create_loss
 
     counts = [300, 60, 12]
     logits, target = torch.randn(8, 3), torch.randint(0, 3, (8,))

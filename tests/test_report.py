@@ -42,12 +42,14 @@ def test_relative_accuracy_divides_lt_by_balanced_training():
 
 
 def test_collect_reads_any_root_and_follows_aliases(tmp_path):
-    from ltkit.config import make_config
-    from ltkit.results import write_alias
+    from ltkit.runs.records import write_alias
+    from ltkit.runs.status import mark_complete
+    from ltkit.training.check import make_config
 
     run = tmp_path / "res" / "thesis" / "x_balanced" / "m" / "ce" / "seed0"
     run.mkdir(parents=True)
     (run / "metrics.json").write_text('{"balanced.top1": 0.5, "selected_epoch": 0, "epochs": 1}')
+    mark_complete(run, "fp")
     cfg = make_config(dict(protocol="thesis", dataset="synthetic", model="tiny_cnn", loss="bs", seed=0))
     write_alias(tmp_path / "res" / "thesis" / "x_balanced" / "m" / "bs" / "seed0", cfg,
                 "thesis/x_balanced/m/ce/seed0", "test", "fp")
@@ -181,7 +183,7 @@ def test_seaborn_bars_take_error_bars_and_points_from_the_runs():
 def test_findings_state_the_best_method_against_ce_from_the_runs():
     import pandas as pd
 
-    from ltkit.report import findings
+    from ltkit.report.prose import findings
 
     rows = []
     for seed, (ce, bs) in enumerate([(0.40, 0.45), (0.41, 0.47), (0.39, 0.44)]):
@@ -220,3 +222,19 @@ def test_tables_and_legends_show_the_methods_short_names():
     long = report.tidy(frame(), {"balanced.top1": "Balanced"}, ["method", "seed"])
     ax = report.bars(long, hue="method")
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["CE", "BS"]
+
+
+def test_a_new_registry_entry_shows_its_own_label_in_its_registry_order(monkeypatch):
+    """A loss added with one factory and one entry (here: a copy of CE labelled "New-CE", registered after
+    the others) is named by its entry in the book's tables and sorts with the losses, before the
+    procedures; a loss with a sampler reads "<loss> + <sampler>"; nothing in ltkit.report changes."""
+    from ltkit.losses import LOSSES
+    from ltkit.losses.factories import LossSpec, ce
+
+    spec = LossSpec(group="baseline", label="New-CE", paper="a test", equivalent_to_ce=lambda counts, **p: True)
+    monkeypatch.setitem(LOSSES._items, "new_ce", ce)
+    monkeypatch.setitem(LOSSES._info, "new_ce", spec)
+    table = pd.DataFrame({"method": ["crt", "new_ce", "new_ce_cbs", "ce"], "x": [1.0, 2.0, 3.0, 4.0]})
+    md = report.md_table(report.ordered(table.set_index("method")), "c", "tab-new")
+    rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "x" not in line]
+    assert rows == ["CE", "New-CE", "New-CE + CB sampling", "cRT"]

@@ -11,8 +11,8 @@ expected accuracy of the group, sum_c n_c p_c / n.
 import numpy as np
 import pytest
 
-from ltkit.splits import lt_counts, thirds
-from ltkit.stats import accuracy_ci, adjust_pvalues, bootstrap_difference, paired_difference, strata, t_interval
+from ltkit.core.stats import accuracy_ci, adjust_pvalues, bootstrap_difference, paired_difference, strata, t_interval
+from ltkit.data.splits import lt_counts, thirds
 
 K = 100
 LT = lt_counts(50, K, 100, min_count=1)

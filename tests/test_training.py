@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from ltkit.checkpoint import CheckpointMismatch
-from ltkit.config import ConfigError, make_config
-from ltkit.loader import augment, epoch_indices
-from ltkit.pipeline import run
-from ltkit.procedures import posthoc_adjust, tau_normalise
-from ltkit.train import NonFiniteLoss
+from ltkit.config.fields import ConfigError
+from ltkit.data.loader import augment
+from ltkit.data.samplers import epoch_indices
+from ltkit.training.check import make_config
+from ltkit.training.checkpoint import CheckpointMismatch
+from ltkit.training.loop import NonFiniteLoss
+from ltkit.training.pipeline import run
+from ltkit.training.stage_two import posthoc_adjust, tau_normalise
 
 
 def same(a: dict, b: dict) -> bool:
@@ -73,7 +75,7 @@ def test_nan_loss_stops_with_epoch_and_step(tiny_cfg):
 
 def test_selection_never_reads_test_labels(tiny_cfg, monkeypatch):
     """Poison the test labels: the selected epoch (thesis protocol: best validation) must not move."""
-    import ltkit.pipeline as P
+    import ltkit.training.pipeline as P
 
     cfg = {**tiny_cfg, "protocol": "thesis", "epochs": 3, "image_size": 32, "pretrained": False}
     clean = run(cfg, progress=False)
@@ -171,7 +173,7 @@ def test_oversampling_tops_every_class_up_to_the_largest():
 
 
 def _stage_one(tiny_cfg, tmp_path):
-    from ltkit.models import get_classifier
+    from ltkit.models.factories import get_classifier
 
     cfg = {**tiny_cfg, "epochs": 2}
     ref = run(cfg, ckpt_dir=tmp_path / "ce" / "seed0", progress=False, keep_model=True)
@@ -179,14 +181,14 @@ def _stage_one(tiny_cfg, tmp_path):
 
 
 def test_crt_keeps_the_backbone_and_retrains_only_the_classifier(tiny_cfg, tmp_path):
-    from ltkit.models import get_classifier
+    from ltkit.models.factories import get_classifier
 
     cfg, stage1, clf1 = _stage_one(tiny_cfg, tmp_path)
     r = run({**cfg, "procedure": "crt", "stage1": "ce", "stage2_epochs": 2}, ckpt_dir=tmp_path / "crt" / "seed0",
             progress=False, keep_model=True)
     clf2 = get_classifier(r.model, "tiny_cnn")
     s1, s2 = stage1.state_dict(), r.model.state_dict()
-    from ltkit.models import MODELS
+    from ltkit.models.factories import MODELS
 
     prefix = MODELS.info("tiny_cnn").classifier + "."
     backbone = [k for k in s1 if not k.startswith(prefix)]
@@ -196,7 +198,7 @@ def test_crt_keeps_the_backbone_and_retrains_only_the_classifier(tiny_cfg, tmp_p
 
 
 def test_lws_learns_only_one_scale_per_class(tiny_cfg, tmp_path):
-    from ltkit.models import get_classifier
+    from ltkit.models.factories import get_classifier
 
     cfg, stage1, clf1 = _stage_one(tiny_cfg, tmp_path)
     r = run({**cfg, "procedure": "lws", "stage1": "ce", "stage2_epochs": 2}, ckpt_dir=tmp_path / "lws" / "seed0",
@@ -210,7 +212,7 @@ def test_lws_learns_only_one_scale_per_class(tiny_cfg, tmp_path):
 
 
 def test_recipe_normalisation_is_the_default_and_recorded(tiny_cfg):
-    from ltkit.config import RECIPE_NORM
+    from ltkit.data.protocols import RECIPE_NORM
 
     r = run(tiny_cfg, progress=False)
     assert r.config.normalization == "recipe"
@@ -225,8 +227,9 @@ def test_recipe_normalisation_is_the_default_and_recorded(tiny_cfg):
 
 
 def test_ldam_uses_the_cosine_classifier_on_every_backbone():
-    from ltkit.engine import build_model
-    from ltkit.models import NormedLinear, get_classifier
+    from ltkit.models.cifar import NormedLinear
+    from ltkit.models.factories import get_classifier
+    from ltkit.training.engine import build_model
 
     for protocol, model in (("thesis", "resnet50"), ("cao2019", "resnet32")):
         cfg = make_config({"protocol": protocol, "model": model, "loss": "ldam", "pretrained": False})
@@ -240,7 +243,7 @@ def test_ldam_uses_the_cosine_classifier_on_every_backbone():
 
 
 def test_pretrained_weights_are_pinned_tags():
-    from ltkit.models import MODELS
+    from ltkit.models.factories import MODELS
 
     for name in ("resnet50", "mobilenet_v2", "convnext_base", "vit_b_16"):
         tag = MODELS.info(name).weights
@@ -264,7 +267,7 @@ def test_crt_on_augmented_images_is_kangs_default_for_cao2019(tiny_cfg, tmp_path
 
 def test_a_run_names_its_method_loss_procedure_and_stage(tmp_path, tiny_cfg):
     """The results say, in the study's words, what a run is (provenance 'run')."""
-    from ltkit.results import write_run
+    from ltkit.runs.records import write_run
 
     r = run({**tiny_cfg, "method": "ce_sq", "sampler": "sqrt"}, progress=False)
     assert r.config.run_path().split("/")[3] == "ce_sq"
@@ -273,3 +276,22 @@ def test_a_run_names_its_method_loss_procedure_and_stage(tmp_path, tiny_cfg):
     assert prov["run"] == {"method": "ce_sq", "loss": "ce", "procedure": "train", "stage": 1, "stage1": None}
     assert make_config({**tiny_cfg, "procedure": "crt", "stage1": "ce"}).stage == 2
     assert make_config({**tiny_cfg, "procedure": "two_expert"}).method == "two_expert"
+
+
+def test_tensorboard_scalars_for_a_demo_run(tmp_path):
+    """The option on: event files appear beside the run's checkpoint and read back as the history."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ltkit.training.pipeline import run
+
+    cfg = {"protocol": "cao2019", "dataset": "synthetic", "model": "tiny_cnn", "imb_factor": 10, "epochs": 3,
+           "source_params": {"num_classes": 6, "train_per_class": 40, "test_per_class": 8}, "bootstrap": 20, "tensorboard": True, "seed": 0}
+    r = run(cfg, ckpt_dir=tmp_path / "ck", progress=False)
+    ea = EventAccumulator(str(tmp_path / "ck" / "tensorboard"))
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    assert {"train/train_loss", "lr/lr", "val/val_top1", "val/medium", "val/few", "time/epoch_seconds"} <= tags
+    loss = [e.value for e in ea.Scalars("train/train_loss")]
+    assert [e.step for e in ea.Scalars("train/train_loss")] == [0, 1, 2]
+    assert np.allclose(loss, r.history["train_loss"].to_numpy(), rtol=1e-6)
+    assert make_config(cfg).fingerprint() == make_config({**cfg, "tensorboard": False}).fingerprint()

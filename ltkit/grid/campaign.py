@@ -1,0 +1,404 @@
+"""A campaign: a long queue of grid runs trained in the background, in priority order, across restarts.
+
+On a machine without a GPU the from-scratch CIFAR-LT runs take hours each (bf16 on the CPU's
+matrix units, :mod:`ltkit.core.hardware`); a campaign is how such a machine fills the table:
+
+    ltkit campaign start  configs/campaign-cpu.yaml   # detached, niced, logs to .campaign/campaign.log
+    ltkit campaign status                             # done / running (epoch, ETA) / waiting / queued
+    ltkit campaign stop                               # at the next epoch boundary of every running run
+
+``start`` checks out the current commit into its own git worktree (``.campaign/src``) and trains
+from there, so edits in the working tree never change a run in flight and every run's provenance
+names that commit. Results go to the main checkout's ``results/``; checkpoints to its
+``checkpoints/`` (``LTKIT_CHECKPOINTS``), so a campaign started again, after a stop or a restart of
+the machine, resumes each run from its last epoch (or starts it again where the checkpoints are gone).
+
+Each queue entry is trained by ``ltkit grid run <grid> --only <method> --seeds <seed>`` in a child
+process (locks, papermill, resume, provenance: all the grid's); a stage-two run waits until the
+stage-one run it starts from is done, while later entries go ahead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config.fields import ConfigError
+from ..core.hardware import NICE_ENV, cpu_plan, lower_priority
+from ..core.io import atomic_write_json, read_json, yaml_load
+from ..core.layout import PROGRESS, REPO
+from ..runs.status import Status, load_metrics
+from .plan import plan, progress
+from .spec import Grid, load_grid
+
+CAMPAIGN_DIR = ".campaign"  # git-ignored: the worktree, state, log
+CAMPAIGN_KEYS = {"name", "description", "jobs", "threads", "queue"}
+ENTRY_KEYS = {"grid", "methods", "seeds"}
+POLL_S = 5.0
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One run of the queue: a grid file (relative to the campaign file), a method and a seed."""
+
+    grid: str
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{Path(self.grid).stem}:{self.method}:seed{self.seed}"
+
+
+@dataclass
+class Campaign:
+    name: str
+    path: Path
+    queue: list[Item]
+    jobs: int | None = None
+    threads: int | None = None
+
+
+def load_campaign(path: str | Path) -> Campaign:
+    """Read and check a campaign file: every entry's grid loads and holds the named methods and seeds."""
+    path = Path(path)
+    try:
+        spec = yaml_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"campaign file {path}: {exc.strerror or exc}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("queue"), list) or not spec["queue"]:
+        raise ConfigError(f"campaign file {path}: expected a mapping with a non-empty 'queue' list "
+                          "(see configs/campaign-cpu.yaml)")
+    unknown = sorted(set(spec) - CAMPAIGN_KEYS)
+    if unknown:
+        raise ConfigError(f"campaign file {path}: unknown key(s) {', '.join(map(repr, unknown))} "
+                          f"(accepted: {', '.join(sorted(CAMPAIGN_KEYS))})")
+    for key in ("jobs", "threads"):
+        v = spec.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"campaign file {path}: bad value for {key!r}: {v!r} (accepted: an integer >= 1, or leave "
+                              "it out for the split `make bench` measured best)")
+    queue: list[Item] = []
+    grids: dict[str, Grid] = {}
+    for i, entry in enumerate(spec["queue"]):
+        where = f"campaign file {path}, queue entry {i + 1}"
+        if not isinstance(entry, dict) or set(entry) - ENTRY_KEYS or "grid" not in entry:
+            raise ConfigError(f"{where}: {entry!r} (accepted: a mapping with 'grid' and optional 'methods', 'seeds')")
+        gname = str(entry["grid"])
+        if gname not in grids:
+            grids[gname] = load_grid(path.parent / gname)
+        runs = grids[gname].runs
+        methods = entry.get("methods") or sorted({r.method for r in runs})
+        seeds = entry.get("seeds") or sorted({r.seed for r in runs})
+        known = {(r.method, r.seed) for r in runs}
+        for m in methods:
+            for s in seeds:
+                if (m, s) not in known:
+                    raise ConfigError(f"{where}: grid {gname} has no run {m!r} seed {s!r} (methods: "
+                                      f"{', '.join(sorted({r.method for r in runs}))}; seeds: "
+                                      f"{', '.join(str(x) for x in sorted({r.seed for r in runs}))})")
+                item = Item(gname, m, s)
+                if item not in queue:
+                    queue.append(item)
+    return Campaign(str(spec.get("name") or path.stem), path, queue, spec.get("jobs"), spec.get("threads"))
+
+
+# --------------------------------------------------------------------------- where a campaign stands
+
+
+def _grids(camp: Campaign, home: Path | None = None) -> dict[str, Grid]:
+    """The campaign's grids; with ``home`` (the main checkout, when the driver runs in the worktree),
+    each grid's results folder is the same folder under ``home``."""
+    out = {}
+    for g in dict.fromkeys(i.grid for i in camp.queue):
+        grid = load_grid(camp.path.parent / g)
+        if home is not None:
+            if grid.results.is_relative_to(REPO):
+                grid = load_grid(camp.path.parent / g, results=home / grid.results.relative_to(REPO))
+            grid.checkpoints = home / "checkpoints"
+        out[g] = grid
+    return out
+
+
+def _cfg(grid: Grid, item: Item):
+    return next(r for r in grid.runs if r.method == item.method and r.seed == item.seed)
+
+
+def item_states(camp: Campaign, home: Path | None = None) -> list[tuple[Item, str, str]]:
+    """(item, state, detail) for every item: done, running, partial, failed, stale, waiting, queued."""
+    grids = _grids(camp, home)
+    status: dict[Item, str] = {}
+    for gname, grid in grids.items():
+        rows = {(c.method, c.seed): st for c, st, _ in plan(grid)}
+        for item in camp.queue:
+            if item.grid == gname:
+                status[item] = rows[(item.method, item.seed)]
+    out = []
+    for item in camp.queue:
+        grid, st = grids[item.grid], status[item]
+        cfg = _cfg(grid, item)
+        if st in (Status.DONE, Status.ALIAS):
+            m = load_metrics(grid.run_dir(cfg)) or {}
+            top1 = m.get("balanced.top1")
+            out.append((item, "done", f"balanced top-1 {top1:.4f}" if isinstance(top1, float) else ""))
+        elif st in (Status.RUNNING, Status.PARTIAL, Status.FAILED, Status.STALE):
+            out.append((item, str(st), progress(grid, cfg)))
+        elif cfg.stage1 and status.get(Item(item.grid, cfg.stage1, item.seed)) not in (Status.DONE, Status.ALIAS):
+            out.append((item, "waiting", f"for {cfg.stage1} seed {item.seed}"))
+        else:
+            out.append((item, "queued", ""))
+    return out
+
+
+# --------------------------------------------------------------------------- the driver (runs in the worktree)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class _Stop:
+    requested = False
+
+    @classmethod
+    def handler(cls, signum, frame) -> None:
+        cls.requested = True
+
+
+def drive(camp: Campaign, home: Path, jobs: int, threads: int, log_level: str = "info") -> int:
+    """Train the queue, ``jobs`` runs at a time with ``threads`` threads each, until it is empty or a stop
+    is asked for (SIGTERM / SIGINT: every running run stops right after its next epoch checkpoint).
+    ``home``: the checkout whose results folders receive the runs (the main one, not the worktree)."""
+    signal.signal(signal.SIGTERM, _Stop.handler)
+    signal.signal(signal.SIGINT, _Stop.handler)
+    grids = _grids(camp, home)
+    running: dict[Item, subprocess.Popen] = {}
+    finished: dict[Item, str] = {}
+    _log.info(f"campaign {camp.name}: {len(camp.queue)} runs, {jobs} at a time x {threads} thread(s), results under {home}")
+
+    def state_of(item: Item) -> str:
+        grid = grids[item.grid]
+        cfg = _cfg(grid, item)
+        return str(next(st for c, st, _ in plan(_one(grid, cfg)) if c is cfg))
+
+    def ready(item: Item) -> bool:
+        cfg = _cfg(grids[item.grid], item)
+        if not cfg.stage1:
+            return True
+        dep = Item(item.grid, cfg.stage1, item.seed)
+        return finished.get(dep) == "done" or state_of(dep) in (Status.DONE, Status.ALIAS)
+
+    for item in camp.queue:  # what an earlier launch finished
+        if state_of(item) in (Status.DONE, Status.ALIAS):
+            finished[item] = "done"
+    while not _Stop.requested:
+        for item, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[item]
+                finished[item] = "done" if state_of(item) in (Status.DONE, Status.ALIAS) else f"exit {proc.returncode}"
+                _log.info(f"{item.name}: {finished[item]}")
+        todo = [i for i in camp.queue if i not in finished and i not in running]
+        if not todo and not running:
+            break
+        for item in todo:
+            if len(running) >= jobs:
+                break
+            if ready(item):
+                running[item] = _launch(camp, item, grids[item.grid].results, threads, log_level)
+        if not running and todo:  # everything left waits for a stage one that failed or is not queued
+            _log.error(f"nothing can start: {', '.join(i.name for i in todo)} wait for stage-one runs that failed")
+            break
+        time.sleep(POLL_S)
+    if _Stop.requested:
+        _stop_at_epoch_boundary(grids, running)
+    failed = [i.name for i, f in finished.items() if f != "done"]
+    _log.info(f"campaign {camp.name}: {sum(f == 'done' for f in finished.values())} of {len(camp.queue)} done"
+              + (f"; not finished: {', '.join(failed)}" if failed else "") + ("; stopped" if _Stop.requested else ""))
+    return 130 if _Stop.requested else (1 if failed else 0)
+
+
+def _one(grid: Grid, cfg) -> Grid:
+    """The grid narrowed to one run (what ``--only <method> --seeds <seed>`` does)."""
+    return dataclasses.replace(grid, runs=[cfg])
+
+
+def _launch(camp: Campaign, item: Item, results: Path, threads: int, log_level: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "ltkit.cli", "--log-level", log_level, "grid", "run", str(camp.path.parent / item.grid),
+           "--only", item.method, "--seeds", str(item.seed), "--jobs", "1", "--threads", str(threads),
+           "--results", str(results)]
+    _log.info(f"{item.name}: start ({' '.join(cmd[1:])})")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+
+
+def _stop_at_epoch_boundary(grids: dict[str, Grid], running: dict[Item, subprocess.Popen], slack: float = 60.0) -> None:
+    """Stop each running run right after its next epoch checkpoint (or after 2.5 epochs' time without one)."""
+    watch: dict[Item, tuple[Path, float, float]] = {}
+    for item in running:
+        prog = grids[item.grid].ckpt_dir(_cfg(grids[item.grid], item)) / PROGRESS
+        try:
+            per_epoch = float(json.loads(prog.read_text()).get("seconds_per_epoch", 0))
+            seen = prog.stat().st_mtime
+        except (OSError, ValueError):
+            per_epoch, seen = 0.0, 0.0
+        watch[item] = (prog, seen, time.time() + 2.5 * per_epoch + slack)
+        _log.info(f"{item.name}: stopping at its next epoch checkpoint")
+    while watch:
+        for item, (prog, seen, deadline) in list(watch.items()):
+            proc = running[item]
+            try:
+                moved = prog.stat().st_mtime > seen
+            except OSError:
+                moved = False
+            if proc.poll() is not None or moved or time.time() > deadline:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)  # the grid runner stops its notebook; the checkpoint stays
+                del watch[item]
+        time.sleep(0.2)
+    for item, proc in running.items():
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        _log.info(f"{item.name}: stopped (resumes from its checkpoint)")
+
+
+# --------------------------------------------------------------------------- start / stop / status (main checkout)
+
+
+def state_dir(repo: Path = REPO) -> Path:
+    return repo / CAMPAIGN_DIR
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (our own child that exited) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def read_state(repo: Path = REPO) -> dict[str, Any] | None:
+    try:
+        return read_json(state_dir(repo) / "state.json")
+    except (OSError, ValueError):
+        return None
+
+
+def _git(repo: Path, *args: str) -> str:
+    p = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise ConfigError(f"git {' '.join(args)} failed in {repo}: {p.stderr.strip().splitlines()[-1:] or p.returncode}")
+    return p.stdout.strip()
+
+
+def prepare_worktree(repo: Path, commit: str) -> Path:
+    """``.campaign/src`` checked out (detached) at ``commit``: what the campaign trains from."""
+    src = state_dir(repo) / "src"
+    if not (src / ".git").exists():
+        _git(repo, "worktree", "prune")
+        _git(repo, "worktree", "add", "--detach", "--force", str(src), commit)
+    else:
+        _git(src, "checkout", "--detach", "--force", "-q", commit)
+    return src
+
+
+NICE = 10  # the campaign and every process it starts (LTKIT_NICE: the notebook kernels are sessions of their own)
+
+
+def _background() -> None:  # pragma: no cover - runs in the child between fork and exec
+    lower_priority(NICE)
+
+
+def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = None, jobs: int | None = None,
+          threads: int | None = None, log_level: str = "info") -> dict[str, Any]:
+    """Start the campaign detached (new session, ``nice`` 10) from a worktree of ``commit`` (default HEAD);
+    returns its state. A campaign already running is left alone (its state is returned)."""
+    state = read_state(repo)
+    if state and _alive(state.get("pid")):
+        return {**state, "already_running": True}
+    camp = load_campaign(campaign_file)  # checked here, before anything starts
+    try:
+        jobs, threads = cpu_plan(jobs or camp.jobs, threads or camp.threads)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    sha = _git(repo, "rev-parse", "--verify", commit or "HEAD")
+    dirty = _git(repo, "status", "--porcelain", "--", "ltkit", "notebooks", "configs")
+    src = prepare_worktree(repo, sha)
+    rel = Path(campaign_file).resolve().relative_to(repo.resolve())
+    log = state_dir(repo) / "campaign.log"
+    env = {**os.environ, "PYTHONPATH": str(src), "LTKIT_CHECKPOINTS": str(repo / "checkpoints"),
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), NICE_ENV: str(NICE)}
+    env.pop("LTKIT_GIT_COMMIT", None)  # the worktree's own commit is the truth
+    cmd = [sys.executable, "-m", "ltkit.cli", "--log-level", log_level, "campaign", "run", str(src / rel),
+           "--home", str(repo), "--jobs", str(jobs), "--threads", str(threads)]
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} start {sha[:12]} ({jobs} x {threads} thread(s))\n")
+        fh.flush()
+        proc = subprocess.Popen(cmd, cwd=src, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, preexec_fn=_background)
+    state = {"pid": proc.pid, "commit": sha, "campaign": str(rel), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "jobs": jobs, "threads": threads, "log": str(log), "worktree": str(src),
+             "uncommitted_left_out": bool(dirty)}
+    atomic_write_json(state_dir(repo) / "state.json", state)
+    return state
+
+
+def stop(repo: Path = REPO, timeout: float = 600.0) -> str:
+    """Ask the running campaign to stop at its runs' next epoch boundaries and wait for it."""
+    state = read_state(repo)
+    if not state or not _alive(state.get("pid")):
+        return "no campaign is running"
+    os.kill(state["pid"], signal.SIGTERM)
+    deadline = time.time() + timeout
+    while _alive(state["pid"]) and time.time() < deadline:
+        time.sleep(0.5)
+    if _alive(state["pid"]):
+        return f"campaign (pid {state['pid']}) still stopping after {timeout:.0f} s; see {state['log']}"
+    return f"campaign stopped (pid {state['pid']}, commit {state['commit'][:12]}); runs resume from their checkpoints"
+
+
+def status_lines(campaign_file: str | Path | None = None, repo: Path = REPO) -> list[str]:
+    """What ``ltkit campaign status`` prints: the process, then one line per queued run."""
+    state = read_state(repo) or {}
+    path = Path(campaign_file) if campaign_file else (repo / state["campaign"] if state.get("campaign") else None)
+    if path is None:
+        return ["no campaign has been started here (make campaign)"]
+    alive = _alive(state.get("pid"))
+    head = (f"campaign {'running' if alive else 'not running'}" + (f" (pid {state['pid']})" if alive else "")
+            + (f", commit {state['commit'][:12]}, {state['jobs']} x {state['threads']} thread(s), started "
+               f"{state['started']}, log {state['log']}" if state.get("commit") else ""))
+    camp = load_campaign(path)
+    rows = item_states(camp, repo)
+    counts: dict[str, int] = {}
+    lines = [head]
+    for item, st, detail in rows:
+        if st == "running" and not alive:
+            st = "partial"
+        counts[st] = counts.get(st, 0) + 1
+        lines.append(f"{st:8s} {item.name}" + (f"  [{detail}]" if detail else ""))
+    lines.append(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return lines

@@ -1,0 +1,230 @@
+"""Planning a grid without training anything: each run's status, the CE aliases, what is left to run,
+and a check of the data and weights before anything starts. Reads only (no lock, no folder is made),
+imports no torch: ``ltkit grid list`` and ``grid status`` are this module."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from ..config.fields import ConfigError, RunConfig
+from ..core.io import is_locked
+from ..core.layout import (
+    COMPLETE,
+    LAST,
+    PROGRESS,
+    PROVENANCE,
+    RUNNER_LOCK,
+    TRAIN_LOCK,
+)
+from ..data import SOURCES, DataError, load_pool
+from ..data.sources import source_defaults
+from ..data.splits import expected_train_counts
+from ..losses import LOSSES, check_ce_equivalence, reduces_to_ce
+from ..models import weights_problem
+from ..runs.records import write_alias
+from ..runs.status import Status, run_status
+from ..training.check import make_config
+from .spec import Grid
+
+
+def preflight(runs: list[RunConfig]) -> None:
+    """Check each distinct data source and pretrained backbone once, before any run starts.
+
+    Offline, a thesis grid would otherwise start papermill, a kernel and the data for each of its
+    runs before failing on the weights (about an hour for the whole grid); here it stops in seconds
+    with one message that says what is missing and how to provide it.
+    """
+
+    problems = []
+    for key in sorted({(r.dataset, r.data_root, json.dumps(r.source_params, sort_keys=True)) for r in runs}):
+        dataset, root, params = key
+        try:
+            load_pool(dataset, root=root, **json.loads(params))
+        except (DataError, OSError, ValueError) as exc:
+            problems.append(str(exc).splitlines()[0])
+    for model in sorted({r.model for r in runs if r.pretrained}):
+        why = weights_problem(model)
+        if why:
+            problems.append(why)
+    if problems:
+        raise ConfigError("cannot start the grid: " + " | ".join(problems))
+
+
+def expected_counts(cfg: RunConfig):
+    """Training counts of a run, computed without loading images (None if unknown)."""
+    spec = SOURCES.info(cfg.dataset)
+    if spec.num_classes and spec.train_per_class:  # a fixed shape (CIFAR)
+        k, per = spec.num_classes, spec.train_per_class
+    else:  # a shape set by the source's own parameters (synthetic): the run's, else the source's defaults
+        shape = {**source_defaults(cfg.dataset), **cfg.source_params}
+        k, per = shape.get("num_classes"), shape.get("train_per_class")
+        if not (isinstance(k, int) and isinstance(per, int)):
+            return None
+    return expected_train_counts(cfg.protocol, [per] * k, cfg.imb_factor, cfg.imb_type)
+
+
+def ce_twin(cfg: RunConfig) -> RunConfig:
+    return make_config({**cfg.to_dict(), "loss": "ce", "method": None, "loss_params": {}})
+
+
+def alias_target(cfg: RunConfig, grid_runs: dict[str, RunConfig], verify: bool = True) -> RunConfig | None:
+    """The grid's CE run that stands for ``cfg`` if ``cfg``'s loss is CE by construction for its counts
+    and that CE run has exactly ``cfg``'s configuration otherwise (same fingerprint as its CE twin).
+
+    ``verify``: confirm the loss's claim numerically (torch) before an alias is written; listing a
+    grid takes the claim as it stands."""
+    if cfg.loss == "ce" or cfg.procedure != "train" or cfg.sampler != "instance":
+        return None
+    counts = expected_counts(cfg)
+    if counts is None:
+        return None
+    params = {k: v for k, v in cfg.loss_params.items() if k not in LOSSES.info(cfg.loss).epoch_params}
+    if not reduces_to_ce(cfg.loss, counts, **params):
+        return None
+    twin = ce_twin(cfg)
+    ce = grid_runs.get(twin.run_path())
+    if ce is None or ce.fingerprint() != twin.fingerprint():  # e.g. the CE entry has another lr
+        return None
+    if verify and not check_ce_equivalence(cfg.loss, counts, cfg.loss_params):
+        raise RuntimeError(f"{cfg.loss} claims to equal CE for these counts but the numerical check disagrees")
+    return twin
+
+
+def plan(grid: Grid, dedupe: bool = True, verify: bool = False) -> list[tuple[RunConfig, str, RunConfig | None]]:
+    """(run, status, alias target) for every run; status as :func:`run_status`, plus 'locked' / 'partial'."""
+    runs = {r.run_path(): r for r in grid.runs}
+    out = []
+    for r in grid.runs:
+        st = run_status(grid.run_dir(r), r.fingerprint())
+        target = alias_target(r, runs, verify) if dedupe else None
+        if st in (Status.MISSING, Status.FAILED, Status.ALIAS_PENDING) and _locked(grid, r):
+            st = Status.RUNNING
+        elif st == Status.MISSING and _checkpoints(grid.ckpt_dir(r)):
+            st = Status.PARTIAL
+        out.append((r, st, target))
+    return out
+
+
+def _checkpoints(ckpt: Path) -> list[tuple[str, Path]]:
+    """(part, folder) of every ``last.pt`` a run has: its own, or one per part of a procedure that trains
+    several models (``two_expert``: ``head/``, ``tail/``, in training order)."""
+    own = [("", ckpt)] if (ckpt / LAST).exists() else []
+    parts = sorted((p.stat().st_mtime, p.parent.name, p.parent) for p in ckpt.glob(f"*/{LAST}")) if ckpt.is_dir() else []
+    return own + [(name, folder) for _, name, folder in parts]
+
+
+def progress(grid: Grid, cfg: RunConfig) -> str:
+    """'epoch 37/200 (launch 2), ~40 min left' from a run's progress file ('expert tail: epoch 3/10' for a run
+    that trains several models), '' if it has none."""
+    out = []
+    for part, folder in _checkpoints(grid.ckpt_dir(cfg)) or [("", grid.ckpt_dir(cfg))]:
+        try:
+            p = json.loads((folder / PROGRESS).read_text())
+        except (OSError, ValueError):
+            continue
+        left = (p["epochs"] - p["epoch"]) * p.get("seconds_per_epoch", 0)
+        eta = f", ~{left / 60:.0f} min left" if left > 0 else ""
+        out.append((f"expert {part}: " if part else "") + f"epoch {p['epoch']}/{p['epochs']}"
+                   + (f" (launch {p['launch']})" if p.get("launch", 1) > 1 else "") + eta)
+    return "; ".join(out)
+
+
+def forced_note(grid: Grid, cfg: RunConfig) -> str:
+    """What a finished run's folder says about forced re-runs: one in progress or interrupted, or the last
+    one that failed after the current result was made ('' if none)."""
+    attempt = forced_attempt(grid, cfg)
+    if attempt is not None:
+        state = "running" if _locked(grid, cfg) else "interrupted (--force resumes it)"
+        where = progress(grid, cfg)
+        return f"forced re-run {attempt['stamp']} {state}" + (f": {where}" if where else "")
+    run_dir = grid.run_dir(cfg)
+    failed = failed_attempts(run_dir)
+    try:
+        current = (run_dir / COMPLETE).stat().st_mtime
+    except OSError:
+        return ""
+    if failed and (run_dir / f"{PROVENANCE}.failed-{failed[0]['stamp']}").stat().st_mtime >= current:
+        return f"forced re-run {failed[0]['stamp']} failed, this result kept: {failed[0]['error']}"
+    return ""
+
+
+def _locked(grid: Grid, cfg: RunConfig) -> bool:
+    """A runner holds the run (``.lock``) or a process is training it (``.train.lock``, held by the
+    training process itself, so it outlives a killed runner). Read-only."""
+    return is_locked(grid.ckpt_dir(cfg) / RUNNER_LOCK) or is_locked(grid.ckpt_dir(cfg) / TRAIN_LOCK)
+
+
+def pending_runs(grid: Grid, force: bool = False, dedupe: bool = True) -> tuple[list[RunConfig], dict[str, list[str]]]:
+    """What is left to train, after :func:`preflight`, skipping finished runs and writing the CE aliases.
+
+    Returns (runs to execute, summary with 'skipped' and 'aliased' filled); shared
+    by the local queue and the submitit path so both skip and alias alike.
+    """
+    rows = plan(grid, dedupe, verify=True)  # aliases are written from these rows
+    # fail fast, before anything is written (aliases included): the runs that would train
+    preflight([c for c, st, t in rows if t is None and (force or st not in (Status.DONE, Status.ALIAS, Status.STALE))])
+    todo, summary = [], {k: [] for k in SUMMARY_KEYS}
+    for cfg, status, target in rows:
+        if status in (Status.DONE, Status.ALIAS) and not force:
+            summary["skipped"].append(cfg.run_path())
+            continue
+        if status == Status.STALE and not force:  # never reused, never overwritten without being asked
+            summary["stale"].append(cfg.run_path())
+            continue
+        if target is not None:
+            write_alias(grid.run_dir(cfg), cfg, target.run_path(),
+                        f"{cfg.loss} reduces to softmax CE for these training counts (checked numerically)",
+                        target.fingerprint())
+            summary["aliased"].append(cfg.run_path())
+            continue
+        todo.append(cfg)
+    return todo, summary
+
+
+def phases(todo: list[RunConfig]) -> list[list[RunConfig]]:
+    """Stage-one runs, then the stage-two runs that start from their checkpoints."""
+    return [[c for c in todo if not c.stage1], [c for c in todo if c.stage1]]
+
+
+def forced_attempt(grid: Grid, cfg: RunConfig) -> dict[str, Any] | None:
+    """The forced re-run in progress or interrupted for this run (its stamp and start), None if there is none."""
+    try:
+        return json.loads((grid.ckpt_dir(cfg) / FORCED_OUTPUT / FORCED_ATTEMPT).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def failed_attempts(run_dir: Path) -> list[dict[str, Any]]:
+    """Forced re-runs of this run that failed while an earlier result stayed current (newest first)."""
+    out = []
+    for prov in sorted(run_dir.glob(f"{PROVENANCE}.failed-*"), reverse=True):
+        try:
+            p = json.loads(prov.read_text())
+        except (OSError, ValueError):
+            p = {}
+        out.append({"stamp": prov.name.split(".failed-", 1)[1], "error": p.get("error"), "end": p.get("end")})
+    return out
+
+
+# A forced re-run of a finished run stages its results here (inside its checkpoint folder) until it is complete.
+FORCED_OUTPUT = "forced-output"
+
+
+FORCED_ATTEMPT = "attempt.json"
+
+
+class Outcome(StrEnum):
+    """What one :func:`execute_run` call did (the keys of :func:`run_grid`'s summary)."""
+
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # Ctrl-C / SIGTERM: its checkpoint stays for a resume
+    BUSY = "busy"  # another process holds it, is training it, or finished it meanwhile
+
+
+# run_grid's summary: each outcome, plus what planning settled without running
+# (skipped: already done or an alias; aliased: written now; stale: done with another configuration)
+SUMMARY_KEYS = (*(str(o) for o in Outcome), "skipped", "aliased", "stale", "no_notebook")

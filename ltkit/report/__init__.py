@@ -1,0 +1,39 @@
+"""Report: what the book and the run notebook show, all read from ``results/``.
+
+:mod:`.collect` (runs into a table, done as :mod:`ltkit.runs.status` judges it) · :mod:`.names`
+(labels and order of methods, from the registries) · :mod:`.tables` (mean ± std, comparisons,
+intervals) · :mod:`.published` (the papers' numbers beside ours) · :mod:`.prose` (generated
+sentences) · :mod:`.render` (MyST tables, glue) · :mod:`.figures` · :mod:`.book` (staging the book).
+The book's pages use the names re-exported here (``from ltkit import report; report.collect(...)``).
+"""
+
+from ..core.layout import REPO
+from ..runs.status import resolve_alias
+from .book import BOOK_CONFIG, RUNS_DIR, prepare_book, refresh_book_cache, repository_config, repository_url, stage_runs
+from .collect import collect, failed, finished, results_root, split_legacy
+from .figures import bars, facet_bars, no_runs_figure, plot_class_distribution, plot_history, plot_per_class
+from .names import THESIS_LOSS_ORDER, method_label, method_order, ordered
+from .prose import findings, published_sentences
+from .published import against_published, published, published_pivot, source_note
+from .render import glue_figure, glue_table, md_table
+from .tables import (
+    CATEGORIES,
+    SHOT,
+    across,
+    across_long,
+    bold_best,
+    compare_to_baseline,
+    comparison_table,
+    mean_std,
+    mean_std_table,
+    relative_accuracy_table,
+    tidy,
+)
+
+__all__ = ["BOOK_CONFIG", "CATEGORIES", "REPO", "RUNS_DIR", "SHOT", "THESIS_LOSS_ORDER", "across",
+           "across_long", "against_published", "bars", "bold_best", "collect", "compare_to_baseline",
+           "comparison_table", "facet_bars", "failed", "findings", "finished", "glue_figure", "glue_table", "md_table",
+           "mean_std", "mean_std_table", "method_label", "method_order", "no_runs_figure", "ordered",
+           "plot_class_distribution", "plot_history", "plot_per_class", "prepare_book", "published",
+           "published_pivot", "published_sentences", "refresh_book_cache", "relative_accuracy_table",
+           "repository_config", "repository_url", "resolve_alias", "results_root", "source_note", "split_legacy", "stage_runs", "tidy"]

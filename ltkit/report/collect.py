@@ -1,0 +1,111 @@
+"""Collecting runs: one row per run folder under ``results/`` (following CE aliases), every metric and
+the provenance figures the book shows. Whether a run counts as done is :mod:`ltkit.runs.status`'s
+answer, the same one ``ltkit grid status`` gives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..core.io import read_json
+from ..core.layout import ALIAS, METRICS, PROVENANCE, default_results_root, parse_run_dir
+from ..runs.status import Status, load_metrics, resolve_alias, run_status
+
+
+def _run_dirs(root: Path):
+    for p in sorted(root.rglob("seed*")):
+        if p.is_dir() and ((p / METRICS).exists() or (p / ALIAS).exists()
+                           or (p / PROVENANCE).exists()):
+            yield p
+
+
+def results_root(sub: str = "") -> Path:
+    """``results/`` (or ``$LTKIT_RESULTS``, e.g. a scratch folder the tests fill) joined with ``sub``."""
+    return default_results_root() / sub
+
+
+def collect(root: str | Path) -> pd.DataFrame:
+    """One row per run under ``root``: identity columns, status, every metric, provenance figures.
+
+    An alias row carries its CE run's metrics and ``identical_to_ce = True``.
+    """
+    root = Path(root)
+    rows: list[dict[str, Any]] = []
+    if not root.exists():
+        return pd.DataFrame()
+    for d in _run_dirs(root):
+        # root may be results/ or results/<protocol>: the identity is read from the run folder's own path
+        row: dict[str, Any] = {**parse_run_dir(d), "path": str(d), "identical_to_ce": False}
+        status = run_status(d)  # the grid's own judge: done needs complete.json, an alias a done CE run
+        src = resolve_alias(d) if status in (Status.ALIAS, Status.ALIAS_PENDING) else d
+        row["status"] = status
+        row["identical_to_ce"] = src != d
+        metrics = load_metrics(src) if status in (Status.DONE, Status.ALIAS) else None
+        own = _safe_json(d / PROVENANCE) or _safe_json(d / ALIAS) or {}
+        params = own.get("parameters") or {}
+        row.update({k: params.get(k) for k in ("loss", "procedure", "sampler")})
+        if status == Status.FAILED:
+            row["error"] = own.get("error")
+        if metrics:
+            row.update(metrics)
+            prov = _safe_json(src / PROVENANCE)
+            if prov:
+                row["wall_seconds"] = prov.get("wall_seconds")
+                extra = prov.get("procedure_extra") or prov.get("method_extra") or {}  # (the latter: older runs)
+                row["train_seconds"] = extra.get("train_seconds_total")
+                row["device_name"] = prov.get("device_name")
+                row["git_commit"] = (prov.get("git") or {}).get("commit")
+                row["end"] = prov.get("end")
+                ds = prov.get("dataset") or {}
+                row["normalization"] = (ds.get("normalization") or {}).get("kind", "dataset")
+                row["legacy"] = "; ".join(legacy_reasons(prov))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def legacy_reasons(prov: dict) -> list[str]:
+    """What makes a run's numbers not comparable with today's protocol (empty: nothing).
+
+    Runs made before the recipes' own normalisation constants became the default (their provenance
+    records no ``normalization``: they used the data set's statistics), and cao2019 runs made before
+    the split drew Cao et al.'s images (no ``subset`` in their dataset record: the first n_i of each
+    class), are kept as they are and labelled, never silently re-read as current.
+    """
+    ds = prov.get("dataset") or {}
+    params = prov.get("parameters") or {}
+    out = []
+    if "normalization" not in ds:
+        out.append("made before recipe normalisation (used the data's own mean/std)")
+    if params.get("protocol") == "cao2019" and "subset" not in (ds.get("meta") or {}):
+        out.append("made with the old cao2019 subset (first n_i images per class, not Cao et al.'s draw)")
+    return out
+
+
+def _safe_json(path: Path) -> dict | None:
+    try:
+        return read_json(path)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def finished(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"].isin([Status.DONE, Status.ALIAS])] if len(df) else df
+
+
+def split_legacy(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs comparable with today's protocol, runs labelled legacy by :func:`legacy_reasons`)."""
+    if not len(df) or "legacy" not in df:
+        return df, df.iloc[0:0]
+    old = df["legacy"].fillna("").astype(bool)
+    return df[~old], df[old]
+
+
+def failed(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs that failed, with the error their provenance recorded (an empty frame if none)."""
+    cols = ["protocol", "data", "model", "method", "seed", "error"]
+    if not len(df):
+        return pd.DataFrame(columns=cols)
+    return df[df["status"] == Status.FAILED].reindex(columns=cols)

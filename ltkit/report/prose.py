@@ -1,0 +1,66 @@
+"""Sentences generated from the results (the landing page's findings, what the published tables say):
+every number in them comes from a table, never typed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..metrics import HEADLINE
+from .names import method_label
+from .published import INVESTIGATE_POINTS, RECIPE_REASONS
+from .tables import compare_to_baseline, seed_summary
+
+
+def findings(df: pd.DataFrame, key: str = HEADLINE, scale: float = 100.0) -> list[str]:
+    """The study's headline findings as sentences, computed from finished runs (the landing page).
+
+    Per protocol and data set: the best (backbone, method) by the mean of ``key`` over seeds,
+    with its spread, beside plain CE on the same backbone and its paired difference
+    (:func:`compare_to_baseline`: BH-adjusted over the whole comparison). Empty without runs.
+    """
+    if not len(df) or key not in df:
+        return []
+    out = []
+    cmp = compare_to_baseline(df, key, ["protocol", "data", "model"])
+    for (protocol, data), g in df.groupby(["protocol", "data"]):
+        s = seed_summary(g, ["model", "method"], key, scale)
+        if not len(s):
+            continue
+        best = s.loc[s["mean"].idxmax()]
+        ce = s[(s["model"] == best["model"]) & (s["method"] == "ce")]
+        if len(ce) and float(ce["mean"].iloc[0]) >= best["mean"]:  # a tie with CE (an alias, say) is CE's
+            best = ce.iloc[0]
+        spread = (f"± {best['std']:.2f} over {int(best['n'])} seeds" if best["n"] > 1 else "1 seed")
+        text = (f"**{protocol}, {data}**: best is {method_label(best['method'])} on {best['model']}, {best['mean']:.2f} % "
+                f"balanced top-1 ({spread})")
+        if best["method"] != "ce" and len(ce):
+            row = cmp[(cmp["protocol"] == protocol) & (cmp["data"] == data) & (cmp["model"] == best["model"])
+                      & (cmp["method"] == best["method"])] if len(cmp) else cmp
+            verdict = ""
+            if len(row):
+                r0 = row.iloc[0]
+                verdict = (f"; difference {r0['diff']:+.2f} points [{r0['low']:+.2f}, {r0['high']:+.2f}], "
+                           + ("significant" if r0["significant"] else "not significant") + " after BH adjustment")
+            text += f", against CE's {float(ce['mean'].iloc[0]):.2f} %{verdict}"
+        elif best["method"] == "ce":
+            text += "; no method beats plain CE here"
+        out.append(text + ".")
+    return out
+
+
+def published_sentences(table: pd.DataFrame) -> list[str]:
+    """One sentence per comparison, written from the numbers (no hand-typed figures)."""
+    out = []
+    for _, r in table.iterrows():
+        ours = f"{r['ours_best_on_test']:.2f}" + (f" ± {r['seed_std']:.2f}" if np.isfinite(r["seed_std"]) else "")
+        head = (f"**{method_label(r['method'])}** ({r['data']}, {r['seeds']} seed{'s' if r['seeds'] != 1 else ''}): ours {ours} "
+                f"(best epoch on test; last epoch {r['ours_last']:.2f}) vs {r['published']:.2f} in {r['source']}")
+        if not r["beyond_spread"]:
+            out.append(f"{head}: within our seed spread.")
+            continue
+        why = RECIPE_REASONS.get(r["recipe"], "the recipes differ")
+        flag = f" More than {INVESTIGATE_POINTS} points from a same-recipe number: a finding to investigate." \
+            if r["investigate"] else ""
+        out.append(f"{head}: {r['diff']:+.2f} points, more than our seed spread. Likely reason: {why}.{flag}")
+    return out

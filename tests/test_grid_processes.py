@@ -1,0 +1,101 @@
+"""Kills and signals at bad moments: a killed runner never lets a second train alongside, an interrupt stops the
+grid promptly and the same command resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import grid_spec
+
+from ltkit.core.io import is_locked
+from ltkit.grid.plan import plan
+from ltkit.grid.spec import load_grid
+
+REPO = Path(__file__).resolve().parents[1]
+SYN = {"num_classes": 6, "train_per_class": 40, "test_per_class": 8}
+
+
+def spec(tmp_path, **kw):
+    return grid_spec(tmp_path, SYN, "h", **{"methods": ["ce"], **kw})
+
+
+def write(tmp_path, s, name="g.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(s) if not isinstance(s, str) else s)
+    return p
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "ltkit.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+@pytest.mark.slow
+def test_killing_the_runner_never_lets_a_second_runner_train_alongside(tmp_path):
+    import pandas as pd
+
+    s = spec(tmp_path)
+    s["base"].update(epochs=60, source_params={"num_classes": 6, "train_per_class": 120, "test_per_class": 8})
+    path = write(tmp_path, s)
+    g = load_grid(path)
+    ck = g.ckpt_dir(g.runs[0])
+    try:
+        a = subprocess.Popen([sys.executable, "-m", "ltkit.cli", "grid", "run", str(path)], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert _wait(lambda: (ck / "progress.json").exists()), "the first runner never started training"
+        os.kill(a.pid, signal.SIGKILL)
+        a.wait()
+        b = cli("grid", "run", path)  # waits for the orphaned notebook to stop, then resumes the run
+        assert b.returncode == 0, b.stderr[-2000:]
+        hist = pd.read_csv(g.run_dir(g.runs[0]) / "history.csv")
+        assert hist["epoch"].tolist() == list(range(60))  # each epoch trained once: no two trainings overlapped
+        assert hist["launch"].max() == 2
+        assert not is_locked(ck / ".train.lock")
+    finally:
+        import shutil
+
+        shutil.rmtree(g.ckpt_root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_interrupt_stops_the_grid_promptly_and_a_rerun_resumes(tmp_path):
+    s = spec(tmp_path, methods=["ce", "bs", "focal"])
+    s["base"].update(epochs=40, source_params={"num_classes": 6, "train_per_class": 120, "test_per_class": 8})
+    path = write(tmp_path, s)
+    g = load_grid(path)
+    ck = g.ckpt_dir(g.runs[0])
+    try:
+        a = subprocess.Popen([sys.executable, "-m", "ltkit.cli", "grid", "run", str(path), "--jobs", "1"], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert _wait(lambda: (ck / "progress.json").exists()), "training never started"
+        t0 = time.time()
+        a.send_signal(signal.SIGINT)
+        out, err = a.communicate(timeout=60)
+        assert a.returncode == 130, err[-2000:]
+        assert time.time() - t0 < 40
+        assert "interrupted" in err and "Traceback" not in err
+        assert not any((g.run_dir(r) / "metrics.json").exists() for r in g.runs[1:])  # queued runs never started
+        assert json.loads((g.run_dir(g.runs[0]) / "provenance.json").read_text()).get("status") != "failed" \
+            if (g.run_dir(g.runs[0]) / "provenance.json").exists() else True
+        r = cli("grid", "run", path, "--jobs", "1")
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert {st for _, st, _ in plan(g)} == {"done"}
+    finally:
+        import shutil
+
+        shutil.rmtree(g.ckpt_root, ignore_errors=True)
+
+
+def _wait(pred, seconds=180):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
