@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         return _campaign(args)
 
     from .config import ConfigError
-    from .grid.plan import forced_note, plan, progress
+    from .grid.plan import forced_note, plan, progress, spend_line
     from .grid.spec import check_pack, load_grid
     from .runs.status import Status
 
@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 detail = forced_note(grid, cfg)
             print(f"{st:9s} {cfg.run_path()}" + (f"  [{detail}]" if detail else ""))
         print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        print(spend_line(grid))
         return 0
     if args.action == "record":
         from .grid.execute import record_notebooks

@@ -31,7 +31,7 @@ CLASSIFIERS = ("linear", "cosine")
 
 # Fields added after runs were recorded, with the value every earlier run had: a run at that value keeps the
 # fingerprint it had before the field existed (fp32 is what every CPU run did before precision was a setting).
-LEGACY_DEFAULTS: dict[str, Any] = {"precision": "fp32"}
+LEGACY_DEFAULTS: dict[str, Any] = {"precision": "fp32", "subset_seed": 0}
 
 
 # Roles (field metadata): what a field is for.
@@ -64,7 +64,8 @@ class RunConfig:
     loss: str = _field("ce", PER_RUN)
     procedure: str = "train"
     seed: int = _field(42, PER_RUN)
-    split_seed: int = 42
+    split_seed: int = 42  # the thesis protocol's train/test split
+    subset_seed: int = 0  # cao2019: the numpy seed of Cao et al.'s per-class draw (0: their images)
     imb_factor: float = 100.0
     imb_type: str = "exp"
     test_imb_factor: float = 100.0
@@ -114,7 +115,8 @@ class RunConfig:
         if self.protocol == "natural":  # the data's own imbalance: name it after its folder
             name = Path(self.data_root).name if self.data_root and self.dataset == "folder" else self.dataset
             return f"{name}_natural"
-        return data_tag(self.dataset, self.imb_factor, self.imb_type)
+        return data_tag(self.dataset, self.imb_factor, self.imb_type) + (f"_subset{self.subset_seed}"
+                                                                         if self.subset_seed else "")
 
     def run_path(self) -> str:
         """``<protocol>/<dataset tag>/<model>/<method>/seed<k>``: where the run's files live."""
@@ -160,15 +162,19 @@ def data_tag(dataset: str, imb_factor: float, imb_type: str = "exp") -> str:
 
 
 def parse_data_tag(tag: str) -> dict[str, Any]:
-    """The inverse of :meth:`RunConfig.data_tag`: ``{'dataset', 'imb_type', 'imb_factor'}`` (``natural``: the
+    """The inverse of :meth:`RunConfig.data_tag`: ``{'dataset', 'imb_type', 'imb_factor', 'subset_seed'}`` (``natural``: the
     data's own imbalance, no factor), so no reader re-parses a folder name its own way."""
+    subset = 0
+    head, sep, tail = tag.rpartition("_subset")
+    if sep and tail.isdigit():
+        tag, subset = head, int(tail)
     if tag.endswith("_natural"):
-        return {"dataset": tag.removesuffix("_natural"), "imb_type": "natural", "imb_factor": None}
+        return {"dataset": tag.removesuffix("_natural"), "imb_type": "natural", "imb_factor": None, "subset_seed": 0}
     if tag.endswith("_balanced"):
-        return {"dataset": tag.removesuffix("_balanced"), "imb_type": "exp", "imb_factor": 1.0}
+        return {"dataset": tag.removesuffix("_balanced"), "imb_type": "exp", "imb_factor": 1.0, "subset_seed": subset}
     dataset, _, rest = tag.rpartition("_")
     kind = next((t for t in ("exp", "step") if rest.startswith(t)), None)
     if not dataset or kind is None:
         raise ValueError(f"not a data tag: {tag!r} (expected <dataset>_balanced, <dataset>_exp<IF>, "
                          "<dataset>_step<IF> or <name>_natural)")
-    return {"dataset": dataset, "imb_type": kind, "imb_factor": float(rest[len(kind):])}
+    return {"dataset": dataset, "imb_type": kind, "imb_factor": float(rest[len(kind):]), "subset_seed": subset}

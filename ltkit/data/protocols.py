@@ -26,6 +26,7 @@ from .splits import (
     cao2019_indices,
     check_counts,
     class_groups,
+    index_digest,
     natural_indices,
     thesis_indices,
 )
@@ -44,10 +45,13 @@ class ProtocolSpec:
     """What a protocol is besides its split function: its training recipe (the defaults a run's config
     takes: ``optimizer``, ``lr``, ``weight_decay``, ``epochs``, ``milestone_fracs``, ``lr_decay``,
     ``warmup_frac``, ``image_size``, ``select``, ``pretrained``, ``track_test``, ``drw_frac``,
-    ``normalization`` and its constants ``norm``) and the paper it follows."""
+    ``normalization`` and its constants ``norm``), the paper it follows, and that paper's own recipe as
+    data (``published``: run configuration fields as the paper states them), against which a run card
+    lists every difference (:func:`ltkit.report.cards.recipe_differences`)."""
 
     recipe: dict[str, Any]
     paper: str
+    published: dict[str, Any] = field(default_factory=dict)
 
 
 PROTOCOLS: Registry[ProtocolSpec] = Registry("protocol", ProtocolSpec)
@@ -60,6 +64,19 @@ THESIS_RECIPE = dict(optimizer="adam", lr=1e-3, weight_decay=0.0, epochs=90, mil
 CAO2019_RECIPE = dict(optimizer="sgd", lr=0.1, weight_decay=2e-4, epochs=200, milestone_fracs=(0.8, 0.9),
                       lr_decay=0.01, warmup_frac=0.025, image_size=32, select="last", pretrained=False,
                       track_test=True, drw_frac=0.8, normalization="recipe", norm=RECIPE_NORM)
+# The papers' recipes as they state them (the fields a run card compares; a run that differs in none is like-with-like).
+# Cao et al. (2019), appendix B and their released code (github.com/kaidic/LDAM-DRW, cifar_train.py): ResNet-32,
+# SGD momentum 0.9, lr 0.1, weight decay 2e-4, batch 128, 200 epochs, linear warm-up over 5, x0.01 at 160 and 180,
+# 32 px with crop and flip, fp32, the last epoch, their subset (np.random.seed(0)).
+CAO2019_PAPER_RECIPE = dict(model="resnet32", optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=2e-4, batch_size=128,
+                            epochs=200, milestones=[160, 180], lr_decay=0.01, warmup_epochs=5, image_size=32,
+                            pretrained=False, sampler="instance", normalization="recipe", precision="fp32",
+                            select="last", subset_seed=0)
+# Midtgaard (2025), Table A.2 and section 3.3: Adam 1e-3, no weight decay, batch 128, 90 epochs, x0.1 every 30,
+# 224 px, ImageNet weights, the best validation epoch.
+THESIS_PAPER_RECIPE = dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=128, epochs=90, milestones=[30, 60],
+                           lr_decay=0.1, warmup_epochs=0, image_size=224, pretrained=True, sampler="instance",
+                           normalization="recipe", select="best_val")
 # One's own folder data (ltkit.data.folder): fine-tune as the thesis does, on the data's own imbalance and statistics.
 NATURAL_RECIPE = dict(THESIS_RECIPE, normalization="dataset", norm=None)
 
@@ -160,7 +177,8 @@ def take(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, present: np.nd
     return Split(x, torch.from_numpy(labels[idx].astype(np.int64)))
 
 
-@PROTOCOLS.register("thesis", recipe=THESIS_RECIPE, paper="Midtgaard (2025), section 3.2.3 and Table A.2")
+@PROTOCOLS.register("thesis", recipe=THESIS_RECIPE, paper="Midtgaard (2025), section 3.2.3 and Table A.2",
+                    published=THESIS_PAPER_RECIPE)
 def thesis_split(pool: Pool, imb_factor: float = 100, imb_type: str = "exp", seed: int = 42,
                  test_imb_factor: float = 100, test_fraction: float = 0.1, **_: object) -> LTDataset:
     """Midtgaard (2025), section 3.2.3.
@@ -183,7 +201,7 @@ def thesis_split(pool: Pool, imb_factor: float = 100, imb_type: str = "exp", see
                "lt": take(pool.train_images, pool.train_labels, ix["lt"], p_tr, "long-tailed test")},
         train_counts=ix["train_counts"], mean=pool.mean, std=pool.std,
         meta={"imb_factor": imb_factor, "imb_type": imb_type, "split_seed": seed, "test_imb_factor": test_imb_factor,
-              "origin": pool.origin},
+              "origin": pool.origin, "subset_sha256": index_digest(pool.train_labels, ix["train"], len(pool.classes))},
     )
 
 
@@ -192,9 +210,10 @@ CAO2019_PUBLISHED = (("cifar100", 100, 500, 100, "exp"), ("cifar100", 100, 500, 
                      ("cifar100", 100, 500, 10, "exp"), ("cifar10", 10, 5000, 100, "exp"))
 
 
-@PROTOCOLS.register("cao2019", recipe=CAO2019_RECIPE, paper="Cao et al. (2019), section 4.1 and appendix B")
+@PROTOCOLS.register("cao2019", recipe=CAO2019_RECIPE, paper="Cao et al. (2019), section 4.1 and appendix B",
+                    published=CAO2019_PAPER_RECIPE)
 def cao2019_split(pool: Pool, imb_factor: float = 100, imb_type: str = "exp", val_per_class: int = 20,
-                  **_: object) -> LTDataset:
+                  subset_seed: int = 0, **_: object) -> LTDataset:
     """Cao et al. (2019), LDAM-DRW, the standard CIFAR-LT benchmark, on *their* images.
 
     Train: n_i images of each class (n_max = all of a class, 500 for CIFAR-100, n_i
@@ -203,9 +222,10 @@ def cao2019_split(pool: Pool, imb_factor: float = 100, imb_type: str = "exp", va
     its counts. Test: the official balanced test set. Validation (ours, not the
     paper's): the next ``val_per_class`` images of each class's drawn order, all
     unused by training, for choosing post-hoc hyper-parameters without touching
-    the test set; classes with no unused images (class 0) are absent.
+    the test set; classes with no unused images (class 0) are absent. ``subset_seed`` draws another
+    subset of the same counts (0: theirs), so subset variance can be measured apart from the seed's.
     """
-    ix = cao2019_indices(pool.train_labels, len(pool.classes), imb_factor, imb_type, val_per_class)
+    ix = cao2019_indices(pool.train_labels, len(pool.classes), imb_factor, imb_type, val_per_class, subset_seed)
     test_idx = np.arange(len(pool.test_labels))
     val_idx = ix["val"]
     return LTDataset(
@@ -215,7 +235,8 @@ def cao2019_split(pool: Pool, imb_factor: float = 100, imb_type: str = "exp", va
         tests={"balanced": take(pool.test_images, pool.test_labels, test_idx, pool.test_present, "test")},
         train_counts=ix["train_counts"], mean=pool.mean, std=pool.std,
         meta={"imb_factor": imb_factor, "imb_type": imb_type, "n_max": int(ix["n_max"]), "origin": pool.origin,
-              "subset": "cao2019 (np.random.seed(0), per-class shuffle)"},
+              "subset": f"cao2019 (np.random.seed({subset_seed}), per-class shuffle)",
+              "subset_sha256": index_digest(pool.train_labels, ix["train"], len(pool.classes))},
     )
 
 
@@ -241,7 +262,8 @@ def natural_split(pool: Pool, val_per_class: int = 20, **_: object) -> LTDataset
                "lt": take(pool.test_images, pool.test_labels, ix["lt"], None, "test")},
         train_counts=counts, mean=pool.mean, std=pool.std,
         meta={"origin": pool.origin, "balanced_test_per_class": m,
-              "imb_factor_found": float(counts.max() / max(counts.min(), 1))},
+              "imb_factor_found": float(counts.max() / max(counts.min(), 1)),
+              "subset_sha256": index_digest(pool.train_labels, tr_idx, k)},
     )
 
 

@@ -151,28 +151,43 @@ def cao2019_counts(class_sizes: list[int] | np.ndarray, imb_factor: float = 100,
 
 
 def cao2019_indices(labels: np.ndarray, k: int, imb_factor: float = 100, imb_type: str = "exp",
-                    val_per_class: int = 20) -> dict[str, np.ndarray]:
-    """Which training-pool images the cao2019 protocol trains on (Cao et al.'s exact subset) and validates on."""
+                    val_per_class: int = 20, seed: int = CAO2019_SEED) -> dict[str, np.ndarray]:
+    """Which training-pool images the cao2019 protocol trains on (Cao et al.'s exact subset for ``seed`` 0,
+    another draw of the same counts for another seed) and validates on."""
     per_class = per_class_indices(labels, k)
     n_max = min(len(p) for p in per_class)
     counts = cao2019_counts([len(p) for p in per_class], imb_factor, imb_type)
-    ranks = cao2019_ranks([len(p) for p in per_class])
+    ranks = cao2019_ranks([len(p) for p in per_class], seed)
     return {"train": np.concatenate([p[r[:n]] for p, r, n in zip(per_class, ranks, counts, strict=True)]),
             "val": np.concatenate([p[r[n:n + val_per_class]] for p, r, n in zip(per_class, ranks, counts, strict=True)]),
             "train_counts": counts, "n_max": np.asarray(n_max)}
 
 
-def cao2019_subset_table(class_sizes: list[int], imb_factor: float, imb_type: str = "exp") -> dict:
+def cao2019_subset_table(class_sizes: list[int], imb_factor: float, imb_type: str = "exp",
+                         seed: int = CAO2019_SEED) -> dict:
     """The selected (class, within-class rank) list of one cao2019 setting, with its SHA256.
 
     The digest is over the text lines ``"<class>,<rank>"``, classes in label order and ranks ascending,
     joined by newlines: anyone can recompute it from their own subset.
     """
     counts = cao2019_counts(class_sizes, imb_factor, imb_type)
-    chosen = [np.sort(r[:n]).tolist() for r, n in zip(cao2019_ranks(class_sizes), counts, strict=True)]
-    text = "\n".join(f"{c},{r}" for c, ranks in enumerate(chosen) for r in ranks)
+    chosen = [np.sort(r[:n]).tolist() for r, n in zip(cao2019_ranks(class_sizes, seed), counts, strict=True)]
     return {"imb_factor": imb_factor, "imb_type": imb_type, "total": int(counts.sum()), "counts": counts.tolist(),
-            "sha256": hashlib.sha256(text.encode()).hexdigest(), "ranks": chosen}
+            "sha256": ranks_digest(chosen), "ranks": chosen}
+
+
+def ranks_digest(ranks: list[list[int]]) -> str:
+    """SHA256 of a subset as the text lines ``"<class>,<rank>"`` (classes in label order, each class's
+    within-class ranks ascending, joined by newlines): anyone can recompute it from their own subset."""
+    text = "\n".join(f"{c},{r}" for c, rs in enumerate(ranks) for r in sorted(int(x) for x in rs))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def index_digest(labels: np.ndarray, idx: np.ndarray, k: int) -> str:
+    """:func:`ranks_digest` of the images ``idx`` of a pool with ``labels`` (rank = position within its class
+    in the pool's order), so a run's subset digest does not depend on how the pool interleaves classes."""
+    chosen = set(np.asarray(idx).tolist())
+    return ranks_digest([[r for r, i in enumerate(p) if int(i) in chosen] for p in per_class_indices(labels, k)])
 
 
 def holdout_indices(labels: np.ndarray, k: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

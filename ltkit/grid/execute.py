@@ -27,6 +27,7 @@ import yaml
 
 from ..config.fields import RunConfig
 from ..config.parameters import config_parameter_names
+from ..core.hardware import cores, cpu_model
 from ..core.io import LockHeld, atomic_write_bytes, atomic_write_text, is_locked, run_lock
 from ..core.layout import (
     COMPLETE,
@@ -42,7 +43,7 @@ from ..core.layout import (
     RUNNER_LOCK,
     TRAIN_LOCK,
 )
-from ..runs.records import record_failure
+from ..runs.records import record_failure, record_spend
 from ..runs.status import Status, load_metrics, mark_complete, notebook_error, read_notebook, run_status
 from .plan import FORCED_ATTEMPT, FORCED_OUTPUT, Outcome, forced_attempt
 from .processes import KERNEL_START_ERRORS, STOP, _papermill
@@ -115,6 +116,29 @@ def _stage1_problem(grid: Grid, cfg: RunConfig) -> str | None:
 
 
 def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, force: bool = False) -> str:
+    """Execute one run (:func:`_execute_run`) and record what the attempt spent in its ``spend.json``
+    (finished, failed or interrupted alike: the compute appendix and ``grid status`` add them up)."""
+    start, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.time()
+    outcome = _execute_run(grid, cfg, env, force)
+    seconds = time.time() - t0
+    if outcome in (Outcome.DONE, Outcome.FAILED) or (outcome == Outcome.INTERRUPTED and seconds > 1.0):
+        record_spend(grid.run_dir(cfg), attempt(str(outcome), start, seconds, env, forced=force))
+    return outcome
+
+
+def attempt(outcome: str, start: str, seconds: float, env: dict[str, str] | None, forced: bool = False,
+            shared_by: int = 1) -> dict[str, Any]:
+    """One attempt's spend entry: where it ran (the threads or GPU the runner gave it) and for how long."""
+    env = env or {}
+    gpu = env.get("CUDA_VISIBLE_DEVICES")
+    threads = env.get("OMP_NUM_THREADS")
+    return {"outcome": outcome, "forced": forced, "start": start, "end": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seconds": round(seconds / shared_by, 2), "shared_by": shared_by,
+            "device": f"cuda:{gpu}" if gpu else cpu_model(), "gpus": 1 if gpu else 0,
+            "threads": int(threads) if threads and threads.isdigit() else None, "cores": cores()}
+
+
+def _execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, force: bool = False) -> str:
     """Execute one run's notebook with papermill; returns 'done', 'failed', 'skipped' or 'interrupted'.
 
     'skipped': another process holds the run's lock or is training it, or finished it between
@@ -261,6 +285,9 @@ def execute_pack(grid: Grid, cfgs: list[RunConfig], env: dict[str, str] | None =
                 _record_failure_once(run_dir, cfg, start, time.time() - t0, err)
                 _log.error(f"FAILED {cfg.run_path()} (in a pack)")
                 out.append((cfg, Outcome.FAILED))
+        wall = time.time() - t0  # the pack's, shared out equally among its runs
+        for cfg, outcome in out[-len(members):]:
+            record_spend(grid.run_dir(cfg), attempt(str(outcome), start, wall, env, forced=force, shared_by=len(members)))
     return out
 
 

@@ -27,6 +27,7 @@ from ..models import weights_problem
 from ..runs.records import write_alias
 from ..runs.status import Status, run_status
 from ..training.check import make_config
+from ..training.procedures import PROCEDURES
 from .spec import Grid
 
 
@@ -228,3 +229,51 @@ class Outcome(StrEnum):
 # run_grid's summary: each outcome, plus what planning settled without running
 # (skipped: already done or an alias; aliased: written now; stale: done with another configuration)
 SUMMARY_KEYS = (*(str(o) for o in Outcome), "skipped", "aliased", "stale", "no_notebook")
+
+
+def spend_summary(grid: Grid) -> dict[str, Any]:
+    """What the grid's runs have cost so far and what the rest would cost here: device-hours spent by
+    outcome (finished, failed, interrupted; every attempt's ``spend.json``), and a projection for the
+    runs not done, at the device-hours per training that this grid's finished runs measured (stage-two
+    runs at their own measured mean)."""
+    from ..runs.records import attempts, device_hours
+
+    spent: dict[str, float] = {}
+    n_attempts = 0
+    per_training: list[float] = []
+    stage_two: list[float] = []
+    left: list[RunConfig] = []
+    for cfg in grid.runs:
+        run_dir = grid.run_dir(cfg)
+        entries = attempts(run_dir)
+        n_attempts += len(entries)
+        for e in entries:
+            key = "done" if e.get("outcome") == "done" else str(e.get("outcome"))
+            spent[key] = spent.get(key, 0.0) + device_hours(e)
+        st = run_status(run_dir, cfg.fingerprint())
+        if st in (Status.DONE, Status.ALIAS):
+            done = [device_hours(e) for e in entries if e.get("outcome") == "done"]
+            trainings = PROCEDURES.info(cfg.procedure).trainings
+            if done and st == Status.DONE:
+                (per_training if trainings else stage_two).append(done[-1] / max(trainings, 1))
+        else:
+            left.append(cfg)
+    rate = sum(per_training) / len(per_training) if per_training else None
+    rate2 = sum(stage_two) / len(stage_two) if stage_two else 0.0
+    projected = (sum(PROCEDURES.info(c.procedure).trainings * rate + (0 if PROCEDURES.info(c.procedure).trainings
+                                                                      else rate2) for c in left)
+                 if rate is not None else None)
+    return {"spent": spent, "total": sum(spent.values()), "attempts": n_attempts, "left": len(left),
+            "per_training": rate, "projected_left": projected}
+
+
+def spend_line(grid: Grid) -> str:
+    """``grid status``'s compute line."""
+    s = spend_summary(grid)
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(s["spent"].items()))
+    line = f"compute: {s['total']:.2f} device-hours spent over {s['attempts']} attempt(s)" + (f" ({parts})" if parts else "")
+    if s["left"]:
+        line += (f"; the {s['left']} run(s) left ~{s['projected_left']:.1f} device-hours at {s['per_training']:.2f} per "
+                 "training measured here" if s["projected_left"] is not None
+                 else f"; {s['left']} run(s) left (no finished run here yet to project from)")
+    return line

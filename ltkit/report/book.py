@@ -88,14 +88,22 @@ def stage_runs(root: str | Path | None = None, dest: Path = RUNS_DIR, static: Pa
             continue
         entry["files_of"] = slug
         nb = src / EXECUTED_NOTEBOOK
+        title = f"# Run {row['protocol']} / {row['data']} / {row['model']} / {row['method']} / seed {row['seed']}"
+        card = _card(src)
         if nb.exists():
             book_nb = nbformat.read(str(nb), as_version=4)
-            title = f"# Run {row['protocol']} / {row['data']} / {row['model']} / {row['method']} / seed {row['seed']}"
             first = next((c for c in book_nb.cells if c.cell_type == "markdown"), None)
             if first is not None:  # every run's notebook starts "# One training run": give its page its name
                 lines = first.source.splitlines()
                 first.source = "\n".join([title, *lines[1:]] if lines and lines[0].startswith("# ") else [title, *lines])
+            put_card(book_nb, card)
             nbformat.write(book_nb, str(dest / f"{slug}.ipynb"))
+            entry["page"] = slug
+        elif card:  # a run recorded without a notebook (the pipeline check): its page is its card
+            page = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(title + "\n\nThis run was recorded "
+                                                                                 "without an executed notebook.")])
+            put_card(page, card)
+            nbformat.write(page, str(dest / f"{slug}.ipynb"))
             entry["page"] = slug
         for name in (METRICS, "history.csv"):
             if (src / name).exists():
@@ -109,6 +117,34 @@ def stage_runs(root: str | Path | None = None, dest: Path = RUNS_DIR, static: Pa
         (dest / "no-runs.md").write_text("# No run notebooks yet\n\n`make demo` (CPU) or `make run-all` (GPU) writes "
                                          "them; `make book` copies them here.\n")
     return index
+
+
+RUN_CARD_TAG = "run-card"  # the run notebook's cell that shows the card
+
+
+def _card(run_dir: Path) -> str | None:
+    from .cards import card_markdown
+
+    try:
+        return card_markdown(run_dir)
+    except Exception as exc:  # noqa: BLE001 - a damaged record must not stop the book; the page says so
+        return f"**Run card**: could not be generated from this run's files ({type(exc).__name__}: {exc})"
+
+
+def put_card(nb, card: str | None) -> None:
+    """Show ``card`` at the top of a run's page: as the output of the notebook's run-card cell (regenerated
+    from the run's files now, so later attempts are counted), else as a cell after the title."""
+    import nbformat
+
+    if not card:
+        return
+    output = nbformat.v4.new_output("display_data", data={"text/markdown": card, "text/plain": card})
+    for cell in nb.cells:
+        if RUN_CARD_TAG in cell.get("metadata", {}).get("tags", []):
+            cell.outputs = [output]
+            return
+    at = next((i + 1 for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), 0)
+    nb.cells.insert(at, nbformat.v4.new_markdown_cell(card))
 
 
 BOOK_CONFIG = REPO / "book" / "_config.yml"

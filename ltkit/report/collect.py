@@ -12,13 +12,14 @@ import pandas as pd
 
 from ..core.io import read_json
 from ..core.layout import ALIAS, METRICS, PROVENANCE, default_results_root, parse_run_dir
+from ..runs.records import SPEND
 from ..runs.status import Status, load_metrics, resolve_alias, run_status
 
 
 def _run_dirs(root: Path):
     for p in sorted(root.rglob("seed*")):
         if p.is_dir() and ((p / METRICS).exists() or (p / ALIAS).exists()
-                           or (p / PROVENANCE).exists()):
+                           or (p / PROVENANCE).exists() or (p / SPEND).exists()):
             yield p
 
 

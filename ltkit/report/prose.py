@@ -56,6 +56,9 @@ def published_sentences(table: pd.DataFrame) -> list[str]:
         ours = f"{r['ours_best_on_test']:.2f}" + (f" ± {r['seed_std']:.2f}" if np.isfinite(r["seed_std"]) else "")
         head = (f"**{method_label(r['method'])}** ({r['data']}, {r['seeds']} seed{'s' if r['seeds'] != 1 else ''}): ours {ours} "
                 f"(best epoch on test; last epoch {r['ours_last']:.2f}) vs {r['published']:.2f} in {r['source']}")
+        differs = r.get("differs_in") or ""
+        if differs:
+            head += f" (our recipe differs from the paper's in {differs})"
         if not r["beyond_spread"]:
             out.append(f"{head}: within our seed spread.")
             continue

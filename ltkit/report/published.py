@@ -28,13 +28,33 @@ RECIPE_REASONS = {
 INVESTIGATE_POINTS = 1.5  # a mean this far from a same-recipe published number is a finding (issue: honest numbers)
 
 
+def _recipe_differences(runs: pd.DataFrame) -> str:
+    """The fields in which these runs' recipe differs from their protocol's paper ('' when like-with-like), read
+    from each run's recorded configuration (:func:`ltkit.report.cards.recipe_differences`)."""
+    from ..core.io import read_json
+    from ..core.layout import PROVENANCE
+    from ..runs.status import resolve_alias
+    from .cards import recipe_differences
+
+    fields: dict[str, set[str]] = {}
+    for path in runs.get("path", pd.Series(dtype=str)):
+        try:
+            params = read_json(resolve_alias(path) / PROVENANCE).get("parameters") or {}
+        except (OSError, ValueError):
+            continue
+        for d in recipe_differences(params):
+            fields.setdefault(d["field"], set()).add(str(d["run"]))
+    return ", ".join(f"{k} {'/'.join(sorted(v))}" for k, v in sorted(fields.items()))
+
+
 def against_published(df: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
     """Our CIFAR-LT means beside the published numbers for the same dataset, IF and method.
 
     Ours: last epoch (primary) and best epoch on the test set (what the cao2019 code
     logs), mean and std over seeds. ``beyond_spread``: |best-on-test - published| is
     larger than our seed std (or than 0.5 points with a single seed); ``investigate``:
-    larger than 1.5 points for a same-recipe (cao2019) number.
+    larger than 1.5 points for a same-recipe (cao2019) number. ``differs_in``: the fields in which our
+    runs' recipe differs from the paper's (e.g. ``precision bf16``; '' when like-with-like).
     """
     best = BEST_EPOCH_ON_TEST
     rows = []
@@ -47,11 +67,12 @@ def against_published(df: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
             spread = float(bot.std(ddof=1)) if len(bot) > 1 else float("nan")
             diff = float(bot.mean() - p["top1_percent"]) if len(bot) else float("nan")
             recipe = str(p["recipe_note"]).split()[0]
+            differs = _recipe_differences(g)
             rows.append({"data": data, "method": method, "seeds": len(g), "ours_last": float(last.mean()),
                          "ours_last_std": float(last.std(ddof=1)) if len(g) > 1 else float("nan"),
                          "ours_best_on_test": float(bot.mean()) if len(bot) else float("nan"),
                          "seed_std": spread, "published": float(p["top1_percent"]), "source": p["source"],
-                         "recipe": recipe, "diff": diff,
+                         "recipe": recipe, "diff": diff, "differs_in": differs,
                          "beyond_spread": bool(abs(diff) > (spread if np.isfinite(spread) else 0.5)),
                          "investigate": bool(recipe == "cao2019" and abs(diff) > INVESTIGATE_POINTS)})
     return pd.DataFrame(rows)

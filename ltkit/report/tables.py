@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..config.fields import parse_data_tag
 from ..core.stats import adjust_pvalues, bootstrap_difference, paired_difference, t_interval
-from ..metrics import key, relative_accuracy
+from ..metrics import HEADLINE, key, relative_accuracy
 from ..runs.status import resolve_alias
 from .names import method_order
 
@@ -256,3 +256,29 @@ def tidy(df: pd.DataFrame, metrics: dict[str, str], by: list[str], scale: float 
     long["category"] = long["key"].map(metrics)
     long["value"] = long["value"] * scale
     return long.dropna(subset=["value"])
+
+
+def variance_sources(df: pd.DataFrame, key: str = HEADLINE, method: str = "ce", scale: float = 100.0) -> pd.DataFrame:
+    """How much a number moves with each source of variation, from finished runs of one recipe: the
+    initialisation seed (seeds on Cao et al.'s subset, subset seed 0) and the subset (subset seeds at
+    initialisation seed 0), as the std over runs in points, per data set (data tags without the subset)."""
+    from .collect import finished
+
+    done = finished(df)
+    if done.empty or key not in done:
+        return pd.DataFrame()
+    done = done[done["method"] == method].copy()
+    if done.empty:
+        return pd.DataFrame()
+    tags = done["data"].map(parse_data_tag)
+    done["subset_seed"] = tags.map(lambda t: t["subset_seed"])
+    done["setting"] = [d.rsplit("_subset", 1)[0] for d in done["data"]]
+    rows = []
+    for (protocol, setting, model), g in done.groupby(["protocol", "setting", "model"]):
+        for source, part in (("initialisation seed", g[g["subset_seed"] == 0]),
+                             ("training subset", g[g["seed"] == g["seed"].min()])):
+            vals = part[key] * scale
+            rows.append({"protocol": protocol, "data": setting, "model": model, "source": source, "runs": len(vals),
+                         "values": ", ".join(f"{v:.2f}" for v in vals),
+                         "std (points)": round(float(vals.std(ddof=1)), 2) if len(vals) > 1 else float("nan")})
+    return pd.DataFrame(rows)

@@ -59,6 +59,23 @@ def write_run(out_dir: str | Path, result, start: str, wall: float) -> Path:
     return out
 
 
+SPEND = "spend.json"
+
+
+def record_spend(out_dir: str | Path, entry: dict[str, Any]) -> None:
+    """Append one attempt (finished, failed or interrupted) to the run's ``spend.json``: what it cost is
+    kept even when it produced nothing. A disk too full to write it loses only this record."""
+    path = Path(out_dir) / SPEND
+    try:
+        attempts = read_json(path).get("attempts", []) if path.exists() else []
+    except (OSError, ValueError):
+        attempts = []
+    try:
+        atomic_write_json(path, {"attempts": [*attempts, entry]})
+    except OSError:
+        pass
+
+
 def record_failure(out_dir: str | Path, cfg, start: str, wall: float, error: str) -> None:
     """Keep what a failed run says about itself; metrics.json is never written for it."""
     atomic_write_json(Path(out_dir) / PROVENANCE, provenance(cfg, start, wall, status="failed", error=error))
@@ -85,3 +102,47 @@ def load_record(output_dir: str | Path, cfg: RunConfig) -> RunResult:
     return RunResult(cfg, load_metrics(out) or {}, pd.read_csv(out / "per_class.csv"), history, preds, labels,
                      prov.get("dataset") or {},
                      extra={**(prov.get("procedure_extra") or {}), "record_of_pack": prov["run"].get("packed")})
+
+
+def attempts(run_dir: str | Path) -> list[dict[str, Any]]:
+    """What a run's attempts spent: ``spend.json`` (one entry per launch the grid ran: finished, failed or
+    interrupted), plus the launch its provenance records where the grid has not added it yet (the card in
+    the run's own notebook, written before the grid records the launch; a run made before spend was
+    recorded)."""
+    run_dir = Path(run_dir)
+    entries = list(_read(run_dir / SPEND).get("attempts") or [])
+    prov = _read(run_dir / PROVENANCE)
+    end = _when(prov.get("end"))
+    if prov.get("wall_seconds") and not any((_when(e.get("end")) or end) >= end for e in entries if end):
+        entries.append({"outcome": "done" if prov.get("status") == "finished" else prov.get("status", "unknown"),
+                        "seconds": float(prov["wall_seconds"]), "device": prov.get("device_name"),
+                        "threads": prov.get("threads"), "cores": prov.get("cores"),
+                        "gpus": prov.get("gpu_count") or (1 if prov.get("cuda") else 0), "end": prov.get("end"),
+                        "recorded": "provenance"})
+    return entries
+
+
+def _read(path: Path) -> dict:
+    try:
+        return read_json(path) if path.exists() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _when(stamp: Any):
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return None
+
+
+def device_hours(entry: dict[str, Any]) -> float:
+    """An attempt's device-hours: wall hours x GPUs on a GPU, x threads / cores of the CPU on a CPU (the share
+    of the machine it held), so a 1-thread run on 2 cores costs half a machine-hour per hour."""
+    hours = float(entry.get("seconds") or 0) / 3600
+    if entry.get("gpus"):
+        return hours * int(entry["gpus"])
+    threads, cores = entry.get("threads") or 0, entry.get("cores") or 0
+    return hours * (threads / cores if threads and cores else 1.0)

@@ -97,7 +97,7 @@ def make_config(params: dict[str, Any] | None = None, **overrides: Any) -> RunCo
     if d["compile"] is True or d["compile"] is False:
         d["compile"] = "on" if d["compile"] else "off"
     _choice(d, "compile", COMPILE)
-    for name in ("seed", "split_seed"):
+    for name in ("seed", "split_seed", "subset_seed"):
         _int(d, name, 0)
     _num(d, "imb_factor", 1)
     _num(d, "test_imb_factor", 1)
@@ -140,6 +140,9 @@ def make_config(params: dict[str, Any] | None = None, **overrides: Any) -> RunCo
                    f"(stage-two procedures: {', '.join(n for n in PROCEDURES.names() if PROCEDURES.info(n).stage == 2)})")
 
     d["precision"] = resolve_precision(d["precision"], d["device"])  # auto -> what this machine does natively
+    if d["subset_seed"] and d["protocol"] != "cao2019":
+        raise _bad("subset_seed", d["subset_seed"], f"0 for protocol {d['protocol']!r} (a subset seed draws Cao et al.'s "
+                   "images; the thesis protocol's split has split_seed)")
     defaults = PROTOCOLS.info(d["protocol"]).recipe
     epochs = d["epochs"] if d["epochs"] is not None else defaults["epochs"]
     d["epochs"] = epochs

@@ -70,7 +70,8 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def load_data(cfg: RunConfig) -> LTDataset:
-    extra = {"val_per_class": cfg.val_per_class, "test_imb_factor": cfg.test_imb_factor}  # each protocol takes its own
+    extra = {"val_per_class": cfg.val_per_class, "test_imb_factor": cfg.test_imb_factor,  # each protocol takes its own
+             "subset_seed": cfg.subset_seed}
     return load_dataset(cfg.dataset, cfg.protocol, imb_factor=cfg.imb_factor, imb_type=cfg.imb_type,
                         root=cfg.data_root, split_seed=cfg.split_seed, source_kwargs=cfg.source_params, **extra)
 
