@@ -28,3 +28,28 @@ def grid_spec(tmp_path, source_params: dict, prefix: str = "t", **kw) -> dict:
             "bootstrap": 20, "source_params": source_params, "precision": "fp32"}
     return {"name": f"{prefix}{abs(hash(str(tmp_path))) % 10**6}", "results": str(tmp_path / "results"), "base": base,
             "seeds": [0], "methods": ["ce", "bs"], **kw}
+
+
+# The small synthetic data and tiny grid the hardening tests share (6 classes, 40 training images each).
+SYN_SMALL = {"num_classes": 6, "train_per_class": 40, "test_per_class": 8}
+
+
+def small_spec(tmp_path, prefix: str = "h", **kw) -> dict:
+    return grid_spec(tmp_path, SYN_SMALL, prefix, **{"methods": ["ce"], **kw})
+
+
+def write_grid(tmp_path, s, name: str = "g.yaml"):
+    import yaml
+
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(s) if not isinstance(s, str) else s)
+    return p
+
+
+def cli(*args, timeout: float = 600, env: dict | None = None):
+    """``ltkit`` in a child process, from the repository, one thread (the campaign may hold the other core)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ltkit.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})

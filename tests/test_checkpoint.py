@@ -1,35 +1,18 @@
 """Checkpoints (ltkit.training.checkpoint): a stage two refuses another configuration's or an unreadable stage
 one; divergence is caught where the loss stays finite."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import grid_spec
+from conftest import SYN_SMALL, small_spec, write_grid
 
 from ltkit.grid.spec import grid_from_spec
 from ltkit.training.check import make_config
 
 REPO = Path(__file__).resolve().parents[1]
-SYN = {"num_classes": 6, "train_per_class": 40, "test_per_class": 8}
-
-
-def spec(tmp_path, **kw):
-    return grid_spec(tmp_path, SYN, "h", **{"methods": ["ce"], **kw})
-
-
-def write(tmp_path, s, name="g.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(yaml.safe_dump(s) if not isinstance(s, str) else s)
-    return p
-
-
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "ltkit.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+SYN = SYN_SMALL
+spec, write = small_spec, write_grid
 
 
 def test_stage_one_checkpoint_of_another_configuration_is_refused(tmp_path):

@@ -2,35 +2,18 @@
 a grid stops in seconds; a disk error fails a run, not the grid."""
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import grid_spec
+from conftest import SYN_SMALL, cli, small_spec, write_grid
 
 from ltkit.config.fields import ConfigError
 from ltkit.grid.spec import Grid, grid_from_spec, load_grid
 
 REPO = Path(__file__).resolve().parents[1]
-SYN = {"num_classes": 6, "train_per_class": 40, "test_per_class": 8}
-
-
-def spec(tmp_path, **kw):
-    return grid_spec(tmp_path, SYN, "h", **{"methods": ["ce"], **kw})
-
-
-def write(tmp_path, s, name="g.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(yaml.safe_dump(s) if not isinstance(s, str) else s)
-    return p
-
-
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "ltkit.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+SYN = SYN_SMALL
+spec, write = small_spec, write_grid
 
 
 # --------------------------------------------------------------------------- security

@@ -17,17 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import grid_spec
+from conftest import cli, grid_spec
 
 from ltkit.grid.spec import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
 SYN = {"num_classes": 6, "train_per_class": 40, "test_per_class": 8}
-
-
-def cli(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "ltkit.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 def grid_at(tmp_path: Path, results: Path, **kw) -> Path:

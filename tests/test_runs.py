@@ -1,13 +1,11 @@
 """What a run is (ltkit.runs.status, the one judge): done needs complete.json, stale, aliases of CE runs; the
 book and the grid give the same answer."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import grid_spec
+from conftest import SYN_SMALL, cli, small_spec, write_grid
 
 from ltkit.core.io import atomic_write_json
 from ltkit.grid.plan import plan
@@ -15,22 +13,8 @@ from ltkit.grid.spec import grid_from_spec, load_grid
 from ltkit.training.check import make_config
 
 REPO = Path(__file__).resolve().parents[1]
-SYN = {"num_classes": 6, "train_per_class": 40, "test_per_class": 8}
-
-
-def spec(tmp_path, **kw):
-    return grid_spec(tmp_path, SYN, "h", **{"methods": ["ce"], **kw})
-
-
-def write(tmp_path, s, name="g.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(yaml.safe_dump(s) if not isinstance(s, str) else s)
-    return p
-
-
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "ltkit.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+SYN = SYN_SMALL
+spec, write = small_spec, write_grid
 
 
 def test_metrics_alone_is_not_done(tmp_path):
