@@ -166,3 +166,25 @@ def test_a_run_without_a_notebook_gets_a_page_with_its_card(tmp_path):
     text = "\n".join(c.source for c in page.cells)
     assert "Run card" in text and "resnet50" in text and "23712932" in text and "NVIDIA H100" in text
     assert "epochs | 2 (paper: 90)" in text  # a check, not the thesis's recipe: the card says so
+
+
+def test_launches_before_spend_was_recorded_count_from_the_history(tmp_path):
+    """A campaign run resumed across code versions: launches 1-2 ended before attempts were recorded, launch 3
+    was recorded; its compute counts the first two from their epoch times, never twice."""
+    import pandas as pd
+
+    from ltkit.core.io import atomic_write_json
+    from ltkit.runs.records import attempts, device_hours, record_spend
+
+    d = tmp_path / "run"
+    d.mkdir()
+    pd.DataFrame({"epoch": range(6), "launch": [1, 1, 2, 2, 3, 3], "seconds": [10.0] * 6}).to_csv(d / "history.csv",
+                                                                                                 index=False)
+    atomic_write_json(d / "provenance.json", {"status": "finished", "wall_seconds": 25.0, "end": "2026-12-01T10:00:00+00:00",
+                                              "threads": 1, "cores": 2, "device_name": "cpu"})
+    record_spend(d, {"outcome": "done", "seconds": 25.0, "end": "2026-12-01T10:00:01+0000", "threads": 1, "cores": 2,
+                     "gpus": 0})
+    entries = attempts(d)
+    assert [e["outcome"] for e in entries] == ["interrupted", "done"]
+    assert entries[0]["seconds"] == 40.0 and entries[0]["launches"] == 2 and "history.csv" in entries[0]["recorded"]
+    assert sum(device_hours(e) for e in entries) == pytest.approx((40 + 25) / 3600 / 2)

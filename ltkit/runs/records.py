@@ -108,18 +108,36 @@ def attempts(run_dir: str | Path) -> list[dict[str, Any]]:
     """What a run's attempts spent: ``spend.json`` (one entry per launch the grid ran: finished, failed or
     interrupted), plus the launch its provenance records where the grid has not added it yet (the card in
     the run's own notebook, written before the grid records the launch; a run made before spend was
-    recorded)."""
+    recorded), plus the launches that ended before spend was recorded at all, from the epoch times of
+    ``history.csv`` (a lower bound: epoch time only, no start-up or final evaluation)."""
     run_dir = Path(run_dir)
     entries = list(_read(run_dir / SPEND).get("attempts") or [])
     prov = _read(run_dir / PROVENANCE)
     end = _when(prov.get("end"))
+    machine = {"device": prov.get("device_name"), "threads": prov.get("threads"), "cores": prov.get("cores"),
+               "gpus": prov.get("gpu_count") or (1 if prov.get("cuda") else 0)}
     if prov.get("wall_seconds") and not any((_when(e.get("end")) or end) >= end for e in entries if end):
         entries.append({"outcome": "done" if prov.get("status") == "finished" else prov.get("status", "unknown"),
-                        "seconds": float(prov["wall_seconds"]), "device": prov.get("device_name"),
-                        "threads": prov.get("threads"), "cores": prov.get("cores"),
-                        "gpus": prov.get("gpu_count") or (1 if prov.get("cuda") else 0), "end": prov.get("end"),
+                        "seconds": float(prov["wall_seconds"]), **machine, "end": prov.get("end"),
                         "recorded": "provenance"})
+    per_launch = _launch_seconds(run_dir)
+    unrecorded = sorted(per_launch)[: max(0, len(per_launch) - len(entries))]  # the earliest launches
+    if unrecorded:
+        entries.insert(0, {"outcome": "interrupted", "seconds": round(sum(per_launch[k] for k in unrecorded), 2),
+                           **machine, "launches": len(unrecorded),
+                           "recorded": "history.csv (epoch time of launches before spend was recorded)"})
     return entries
+
+
+def _launch_seconds(run_dir: Path) -> dict[int, float]:
+    """Epoch seconds per launch from ``history.csv`` (empty where it has no launch column)."""
+    try:
+        h = pd.read_csv(run_dir / "history.csv")
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return {}
+    if "launch" not in h or "seconds" not in h:
+        return {}
+    return {int(k): float(v) for k, v in h.groupby("launch")["seconds"].sum().items()}
 
 
 def _read(path: Path) -> dict:
