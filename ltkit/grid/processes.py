@@ -23,7 +23,7 @@ _RUNNING: set[subprocess.Popen] = set()
 _RUNNING_LOCK = threading.Lock()
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: the child gets SIGTERM when the thread that started it dies (even by kill -9), so an
     orphaned notebook never trains on; its kernel follows papermill (ipykernel's parent poller)."""
     try:
@@ -36,7 +36,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 def _papermill(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     """Run papermill as a child this process can stop (Ctrl-C / SIGTERM on the runner stops it too)."""
-    pdeath = _die_with_parent if sys.platform.startswith("linux") else None
+    pdeath = die_with_parent if sys.platform.startswith("linux") else None
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=pdeath)  # noqa: PLW1509
     with _RUNNING_LOCK:
