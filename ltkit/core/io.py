@@ -107,6 +107,16 @@ def read_json(path: str | Path) -> Any:
         return json.load(fh)
 
 
+def read_json_or_empty(path: str | Path) -> dict:
+    """A JSON object file's content, or ``{}`` when it is missing, unreadable or not an object: for reading
+    records back where an absent or damaged file means "nothing recorded", never an error."""
+    try:
+        out = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

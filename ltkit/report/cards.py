@@ -10,13 +10,12 @@ metrics, spend) or recomputed from its recorded configuration; nothing is typed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..core.io import read_json
+from ..core.io import read_json_or_empty
 from ..core.layout import METRICS, PROVENANCE
 from ..data import PROTOCOLS
 from ..metrics import BEST_EPOCH_ON_TEST, HEADLINE
@@ -26,13 +25,6 @@ from ..runs.status import load_metrics, resolve_alias
 RECIPE_FIELDS = ("model", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "milestones", "lr_decay",
                  "warmup_epochs", "image_size", "pretrained", "sampler", "classifier", "normalization", "precision",
                  "select", "subset_seed")
-
-
-def _read(path: Path) -> dict:
-    try:
-        return read_json(path)
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def recipe_differences(params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -65,7 +57,7 @@ def run_card(run_dir: str | Path) -> dict[str, list[tuple[str, Any]]]:
     from ..models.facts import model_facts
 
     run_dir = resolve_alias(Path(run_dir))
-    prov, m = _read(run_dir / PROVENANCE), load_metrics(run_dir) or _read(run_dir / METRICS)
+    prov, m = read_json_or_empty(run_dir / PROVENANCE), load_metrics(run_dir) or read_json_or_empty(run_dir / METRICS)
     p, ds = prov.get("parameters") or {}, prov.get("dataset") or {}
     meta, sizes = ds.get("meta") or {}, ds.get("sizes") or {}
     card: dict[str, list[tuple[str, Any]]] = {}

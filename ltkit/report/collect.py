@@ -4,13 +4,12 @@ answer, the same one ``ltkit grid status`` gives."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..core.io import read_json
+from ..core.io import read_json_or_empty
 from ..core.layout import ALIAS, METRICS, PROVENANCE, default_results_root, parse_run_dir
 from ..runs.records import SPEND
 from ..runs.status import Status, load_metrics, resolve_alias, run_status
@@ -45,14 +44,14 @@ def collect(root: str | Path) -> pd.DataFrame:
         row["status"] = status
         row["identical_to_ce"] = src != d
         metrics = load_metrics(src) if status in (Status.DONE, Status.ALIAS) else None
-        own = _safe_json(d / PROVENANCE) or _safe_json(d / ALIAS) or {}
+        own = read_json_or_empty(d / PROVENANCE) or read_json_or_empty(d / ALIAS) or {}
         params = own.get("parameters") or {}
         row.update({k: params.get(k) for k in ("loss", "procedure", "sampler")})
         if status == Status.FAILED:
             row["error"] = own.get("error")
         if metrics:
             row.update(metrics)
-            prov = _safe_json(src / PROVENANCE)
+            prov = read_json_or_empty(src / PROVENANCE)
             if prov:
                 row["wall_seconds"] = prov.get("wall_seconds")
                 extra = prov.get("procedure_extra") or prov.get("method_extra") or {}  # (the latter: older runs)
@@ -83,13 +82,6 @@ def legacy_reasons(prov: dict) -> list[str]:
     if params.get("protocol") == "cao2019" and "subset" not in (ds.get("meta") or {}):
         out.append("made with the old cao2019 subset (first n_i images per class, not Cao et al.'s draw)")
     return out
-
-
-def _safe_json(path: Path) -> dict | None:
-    try:
-        return read_json(path)
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def finished(df: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ..core.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, read_json
+from ..core.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, read_json, read_json_or_empty
 from ..core.layout import ALIAS, METRICS, PROVENANCE
 from .provenance import now, provenance
 from .status import load_metrics, validate_metrics
@@ -66,10 +66,7 @@ def record_spend(out_dir: str | Path, entry: dict[str, Any]) -> None:
     """Append one attempt (finished, failed or interrupted) to the run's ``spend.json``: what it cost is
     kept even when it produced nothing. A disk too full to write it loses only this record."""
     path = Path(out_dir) / SPEND
-    try:
-        attempts = read_json(path).get("attempts", []) if path.exists() else []
-    except (OSError, ValueError):
-        attempts = []
+    attempts = read_json_or_empty(path).get("attempts", [])
     try:
         atomic_write_json(path, {"attempts": [*attempts, entry]})
     except OSError:
@@ -111,8 +108,8 @@ def attempts(run_dir: str | Path) -> list[dict[str, Any]]:
     recorded), plus the launches that ended before spend was recorded at all, from the epoch times of
     ``history.csv`` (a lower bound: epoch time only, no start-up or final evaluation)."""
     run_dir = Path(run_dir)
-    entries = list(_read(run_dir / SPEND).get("attempts") or [])
-    prov = _read(run_dir / PROVENANCE)
+    entries = list(read_json_or_empty(run_dir / SPEND).get("attempts") or [])
+    prov = read_json_or_empty(run_dir / PROVENANCE)
     end = _when(prov.get("end"))
     machine = {"device": prov.get("device_name"), "threads": prov.get("threads"), "cores": prov.get("cores"),
                "gpus": prov.get("gpu_count") or (1 if prov.get("cuda") else 0)}
@@ -138,13 +135,6 @@ def _launch_seconds(run_dir: Path) -> dict[int, float]:
     if "launch" not in h or "seconds" not in h:
         return {}
     return {int(k): float(v) for k, v in h.groupby("launch")["seconds"].sum().items()}
-
-
-def _read(path: Path) -> dict:
-    try:
-        return read_json(path) if path.exists() else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _when(stamp: Any):
