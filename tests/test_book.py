@@ -83,7 +83,8 @@ def test_book_builds_from_fresh_demo_results(tmp_path):
     assert captions(lt)[:3] == ["Table 5.1", "Fig. 5.1", "Table 5.2"]
     pub = lt.split('id="tab-cao-published"', 1)[1].split("</table>", 1)[0]
     assert "<strong>" in pub and "<sup>" in pub and 'href="references.html#' in lt.split("Sources:", 1)[1]
-    assert captions((built / "uncertainty.html").read_text()) == ["Fig. 6.1"]
+    unc = (built / "uncertainty.html").read_text()
+    assert captions(unc) == ["Fig. 6.1", "Table 6.1"] and "initialisation seed" in unc  # which sources intervals cover
     assert captions((built / "reproduction.html").read_text())[:2] == ["Table 4.1", "Table 4.2"]
     assert captions((built / "methodology.html").read_text())[:2] == ["Fig. 2.1", "Table 2.1"]
     # the "reading the numbers" conventions are stated once and linked from the result chapters
@@ -101,8 +102,12 @@ def test_book_builds_from_fresh_demo_results(tmp_path):
         assert f'href="runs/{slug}.html"' in runs_page, slug
         page = (built / "runs" / f"{slug}.html").read_text()
         assert "Run " in page and "Learning curves" in page  # the executed notebook, titled by its run
+        assert "Run card" in page and "architecture SHA256" in page and "device-hours" in page  # its card on top
         assert (built / "_static" / "runs" / slug / "metrics.json").exists()
     assert f'href="_static/runs/{slugs[0]}/metrics.json"' in runs_page and "<img" in runs_page
+    # compute: every attempt of every run, by method and outcome, and each grid's projection
+    compute = (built / "appendix_compute.html").read_text()
+    assert 'id="tab-compute"' in compute and "done" in compute and 'id="tab-projection"' in compute
     # findings first: the landing page states what the runs found, with the summary figure
     intro = (built / "intro.html").read_text().split('id="what-the-runs-found"', 1)[1].split('id="the-study"', 1)[0]
     assert "No runs yet" not in intro and "best is" in intro and "balanced top-1" in intro and "<img" in intro
