@@ -35,7 +35,12 @@ def grid_at(tmp_path: Path, results: Path, **kw) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    """The result's files (spend.json, the record of what every attempt cost, grows with each attempt)."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != "spend.json"}
+
+
+def outcomes(folder: Path) -> list[str]:
+    return [a["outcome"] for a in json.loads((folder / "spend.json").read_text())["attempts"]]
 
 
 @pytest.mark.slow
@@ -56,6 +61,7 @@ def test_a_forced_rerun_that_diverges_leaves_the_result_current(tmp_path):
         prov = json.loads(after[failed])
         assert prov["status"] == "failed" and ("non-finite" in prov["error"] or "diverged" in prov["error"])
         assert f"train.ipynb.failed-{stamp}" in after
+        assert outcomes(run_dir) == ["done", "failed"]  # what the failed attempt cost is kept too
         assert (ckpt / "last.pt").read_bytes() == ckpt_before  # the finished run's checkpoint is current again
         assert (ckpt / f"last.pt.failed-{stamp}").exists() or (ckpt / f"forced-output.failed-{stamp}").exists()
         st = cli("grid", "status", path)
