@@ -21,8 +21,9 @@ LOCK   := requirements.lock
 setup: $(VENV)/.installed
 
 # Exactly the lock (every package pinned, --no-deps), then ltkit itself; `pip check` proves it consistent.
+# A venv without a working pip (its creation was interrupted) is made again from scratch.
 $(VENV)/.installed: pyproject.toml $(LOCK)
-	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip --version >/dev/null 2>&1 || python3 -m venv --clear $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-deps -r $(LOCK)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
@@ -32,7 +33,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 
 # Re-resolve pyproject.toml (dev extra, pinned torch) with pip's resolver, install nothing, write the lock.
 lock:
-	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip --version >/dev/null 2>&1 || python3 -m venv --clear $(VENV)
 	@tmp=$$(mktemp); $(PY) -m pip install -q --dry-run --ignore-installed --report $$tmp $(TORCH) -e ".[dev]" \
 	  && PYTHONPATH=. $(PY) -m ltkit.core.envlock $$tmp > $(LOCK).new && mv $(LOCK).new $(LOCK); rm -f $$tmp
 	@echo "wrote $(LOCK) ($$(grep -c == $(LOCK)) packages); make setup installs it"
