@@ -38,7 +38,7 @@ from ..core.io import atomic_write_json, read_json, yaml_load
 from ..core.layout import PROGRESS, REPO
 from ..runs.status import Status, load_metrics
 from .plan import plan, progress
-from .processes import die_with_parent
+from .processes import prepare_child
 from .spec import Grid, load_grid
 
 CAMPAIGN_DIR = ".campaign"  # git-ignored: the worktree, state, log
@@ -236,7 +236,7 @@ def _launch(camp: Campaign, item: Item, results: Path, threads: int, log_level: 
            "--results", str(results)]
     _log.info(f"{item.name}: start ({' '.join(cmd[1:])})")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    return subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
+    return subprocess.Popen(cmd, env=env, preexec_fn=prepare_child)  # noqa: PLW1509
 
 
 def _stop_at_epoch_boundary(grids: dict[str, Grid], running: dict[Item, subprocess.Popen], slack: float = 60.0) -> None:

@@ -23,9 +23,16 @@ _RUNNING: set[subprocess.Popen] = set()
 _RUNNING_LOCK = threading.Lock()
 
 
-def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def prepare_child() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: the child gets SIGTERM when the thread that started it dies (even by kill -9), so an
-    orphaned notebook never trains on; its kernel follows papermill (ipykernel's parent poller)."""
+    orphaned notebook never trains on; its kernel follows papermill (ipykernel's parent poller).
+
+    And SIGINT back to its default: a runner started in the background by a script (``ltkit grid run ... &``)
+    inherits SIGINT ignored, and so would its children; the runner stops its children with SIGINT
+    (:func:`stop_running`), which they must hear, or each stop waits out the grace and kills."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if not sys.platform.startswith("linux"):
+        return
     try:
         import ctypes
 
@@ -36,9 +43,8 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child between f
 
 def _papermill(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     """Run papermill as a child this process can stop (Ctrl-C / SIGTERM on the runner stops it too)."""
-    pdeath = die_with_parent if sys.platform.startswith("linux") else None
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=pdeath)  # noqa: PLW1509
+                            preexec_fn=prepare_child)  # noqa: PLW1509
     with _RUNNING_LOCK:
         _RUNNING.add(proc)
     try:
