@@ -46,14 +46,6 @@ def write_grid(tmp_path, s, name: str = "g.yaml"):
     return p
 
 
-def ctrl_c_heard() -> None:
-    """``preexec_fn`` for a runner a test stops with SIGINT: SIGINT at its default, as in a terminal. A test
-    session started in the background by a script (``make test &``) has SIGINT ignored, and children inherit it."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def cli(*args, timeout: float = 600, env: dict | None = None):
     """``ltkit`` in a child process, from the repository, one thread (the campaign may hold the other core)."""
     import subprocess

@@ -15,9 +15,10 @@ import nbformat
 import pytest
 import torch
 import yaml
-from conftest import cli, ctrl_c_heard, grid_spec
+from conftest import cli, grid_spec
 
 from ltkit.config.fields import ConfigError
+from ltkit.grid.processes import prepare_child
 from ltkit.grid.spec import load_grid
 from ltkit.training.check import make_config
 
@@ -114,7 +115,7 @@ def test_compute_counts_finished_failed_and_interrupted_attempts_and_the_card_sh
         long.write_text(yaml.safe_dump({**s, "base": {**s["base"], "epochs": 400}}))
         proc = subprocess.Popen([sys.executable, "-m", "ltkit.cli", "grid", "run", str(long), "--only", "focal"],
                                 cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, preexec_fn=ctrl_c_heard)
+                                stderr=subprocess.DEVNULL, preexec_fn=prepare_child)
         prog = load_grid(long).ckpt_dir(runs["focal"]) / "progress.json"
         deadline = time.time() + 240
         while time.time() < deadline and not (prog.exists() and json.loads(prog.read_text())["epoch"] >= 2):

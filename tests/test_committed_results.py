@@ -11,13 +11,15 @@ import nbformat
 import pytest
 
 from ltkit.config.fields import ConfigError
+from ltkit.core.layout import COMPLETE, EXECUTED_NOTEBOOK, PROVENANCE
 from ltkit.grid.spec import load_grid
 from ltkit.report.book import RUN_CARD_TAG
+from ltkit.runs.records import SPEND
 from ltkit.runs.status import Status, run_status
 from ltkit.training.check import make_config
 
 REPO = Path(__file__).resolve().parents[1]
-RUNS = sorted(p.parent for p in (REPO / "results").rglob("complete.json") if "pipeline-check" not in p.parts)
+RUNS = sorted(p.parent for p in (REPO / "results").rglob(COMPLETE) if "pipeline-check" not in p.parts)
 
 
 def _grid_fingerprints(precision: str) -> set[str]:
@@ -34,7 +36,7 @@ def _grid_fingerprints(precision: str) -> set[str]:
 @pytest.mark.parametrize("run_dir", RUNS or [pytest.param(None, marks=pytest.mark.skip(reason="no run committed yet"))],
                          ids=lambda p: str(p.relative_to(REPO / "results")) if p else "none")
 def test_a_committed_run_is_complete_repeatable_and_carries_its_provenance_and_card(run_dir):
-    prov = json.loads((run_dir / "provenance.json").read_text())
+    prov = json.loads((run_dir / PROVENANCE).read_text())
     assert prov["status"] == "finished" and run_status(run_dir, prov["fingerprint"]) == Status.DONE
     params = prov["parameters"]
     assert make_config(params).fingerprint() == prov["fingerprint"]  # the recorded parameters are its identity
@@ -42,8 +44,8 @@ def test_a_committed_run_is_complete_repeatable_and_carries_its_provenance_and_c
     assert re.fullmatch(r"[0-9a-f]{40}", prov["git"]["commit"]), prov["git"]
     assert prov["command"] and prov["wall_seconds"] > 0 and isinstance(params["seed"], int)
     assert prov.get("device_name") and prov.get("threads", 0) >= 1
-    nb = nbformat.read(str(run_dir / "train.ipynb"), as_version=4)
+    nb = nbformat.read(str(run_dir / EXECUTED_NOTEBOOK), as_version=4)
     card = [c for c in nb.cells if RUN_CARD_TAG in c.get("metadata", {}).get("tags", [])]
     assert len(card) == 1 and "Run card" in card[0].outputs[0]["data"]["text/markdown"]
-    spend = json.loads((run_dir / "spend.json").read_text())["attempts"]
+    spend = json.loads((run_dir / SPEND).read_text())["attempts"]
     assert spend and spend[-1]["outcome"] == "done"

@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SYN_SMALL, cli, ctrl_c_heard, small_spec, write_grid
+from conftest import SYN_SMALL, cli, small_spec, write_grid
 
 from ltkit.core.io import is_locked
 from ltkit.grid.plan import plan
+from ltkit.grid.processes import _papermill, prepare_child
 from ltkit.grid.spec import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def test_interrupt_stops_the_grid_promptly_and_a_rerun_resumes(tmp_path):
     ck = g.ckpt_dir(g.runs[0])
     try:
         a = subprocess.Popen([sys.executable, "-m", "ltkit.cli", "grid", "run", str(path), "--jobs", "1"], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_heard)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=prepare_child)
         assert _wait(lambda: (ck / "progress.json").exists()), "training never started"
         t0 = time.time()
         a.send_signal(signal.SIGINT)
@@ -80,8 +81,6 @@ def test_interrupt_stops_the_grid_promptly_and_a_rerun_resumes(tmp_path):
 def test_a_runner_started_in_the_background_still_stops_its_notebooks_with_sigint():
     """Started by a script with ``&``, the runner inherits SIGINT ignored; its children must not, or stopping
     them (SIGINT, then SIGKILL after a grace) always ends in the kill and the notebook is never told."""
-    from ltkit.grid.processes import _papermill
-
     probe = [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"]
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

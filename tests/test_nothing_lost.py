@@ -20,6 +20,7 @@ import yaml
 from conftest import cli, grid_spec
 
 from ltkit.grid.spec import load_grid
+from ltkit.runs.records import SPEND
 
 REPO = Path(__file__).resolve().parents[1]
 SYN = {"num_classes": 6, "train_per_class": 40, "test_per_class": 8}
@@ -36,11 +37,11 @@ def grid_at(tmp_path: Path, results: Path, **kw) -> Path:
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """The result's files (spend.json, the record of what every attempt cost, grows with each attempt)."""
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != "spend.json"}
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != SPEND}
 
 
 def outcomes(folder: Path) -> list[str]:
-    return [a["outcome"] for a in json.loads((folder / "spend.json").read_text())["attempts"]]
+    return [a["outcome"] for a in json.loads((folder / SPEND).read_text())["attempts"]]
 
 
 @pytest.mark.slow
