@@ -79,6 +79,42 @@ def test_bad_campaign_files_name_the_bad_value(tmp_path):
                                               "cao2019-cifar100-if100:bs:seed0"]
 
 
+def test_start_refuses_what_it_could_not_train_and_knows_its_own_process(tmp_path):
+    """Start checks, before anything starts: a campaign file outside the repository or not in the commit (the
+    worktree would lack it), another campaign already running. A recorded pid is the campaign's only while that
+    process's start time matches: after a restart of the machine the pid may be anybody's, and stop must not
+    signal it."""
+    outside = tmp_path / "c.yaml"
+    outside.write_text((REPO / "configs" / "campaign-cpu.yaml").read_text())
+    with pytest.raises(ConfigError, match=r"c\.yaml is outside the repository .*accepted: a campaign file committed"):
+        campaign.start(outside, repo=REPO)
+    repo = _clone(tmp_path, epochs=2)
+    fresh = repo / "configs" / "fresh-campaign.yaml"
+    fresh.write_text((repo / "configs" / "tiny-campaign.yaml").read_text())
+    with pytest.raises(ConfigError, match=r"configs/fresh-campaign\.yaml is not in commit [0-9a-f]{12}.*commit it first"):
+        campaign.start(fresh, repo=repo)
+    assert not (repo / ".campaign" / "src").exists()  # refused before the worktree
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        state = {"pid": other.pid, "pid_started": campaign._started_ticks(other.pid),
+                 "campaign": "configs/tiny-campaign.yaml", "commit": "0" * 40, "jobs": 1, "threads": 1, "started": "now",
+                 "log": str(repo / ".campaign" / "campaign.log")}
+        (repo / ".campaign").mkdir(exist_ok=True)
+        (repo / ".campaign" / "state.json").write_text(json.dumps(state))
+        with pytest.raises(ConfigError, match=r"campaign configs/tiny-campaign\.yaml is already running \(pid \d+\); "
+                                              r"`ltkit campaign stop`.* to start configs/fresh-campaign\.yaml instead"):
+            campaign.start(fresh, repo=repo)
+        assert campaign.start(repo / "configs" / "tiny-campaign.yaml", repo=repo)["already_running"]
+        # the same pid, started at another time: not the campaign (a reused pid)
+        (repo / ".campaign" / "state.json").write_text(json.dumps({**state, "pid_started": "1"}))
+        assert campaign.stop(repo=repo, timeout=1) == "no campaign is running"
+        assert campaign.status_lines(repo=repo)[0].startswith("campaign not running")
+        assert other.poll() is None  # never signalled
+    finally:
+        other.kill()
+        other.wait()
+
+
 @pytest.mark.slow
 def test_campaign_trains_from_its_commit_in_priority_order(tmp_path):
     repo = _clone(tmp_path, epochs=2)

@@ -278,7 +278,25 @@ def state_dir(repo: Path = REPO) -> Path:
     return repo / CAMPAIGN_DIR
 
 
-def _alive(pid: int | None) -> bool:
+def _proc_stat(pid: int) -> list[str] | None:
+    """``/proc/<pid>/stat`` after the command name: [state, ppid, ...]; None where there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()
+    except OSError:
+        return None
+
+
+def _started_ticks(pid: int) -> str | None:
+    """When the process started (clock ticks since boot, field 22 of ``/proc/<pid>/stat``): with the pid, the
+    process's identity; a pid alone is reused (after a restart of the machine, the campaign's old pid may be
+    anybody's)."""
+    stat = _proc_stat(pid)
+    return stat[19] if stat and len(stat) > 19 else None
+
+
+def _alive(pid: int | None, started: str | None = None) -> bool:
+    """Whether ``pid`` runs (a zombie does not) and, given ``started`` (:func:`_started_ticks` at the start), is
+    still the same process."""
     if not pid:
         return False
     try:
@@ -286,11 +304,16 @@ def _alive(pid: int | None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    stat = _proc_stat(pid)
+    if stat is None:  # no /proc: the signal's answer is all there is
         return True
-    try:  # a zombie (our own child that exited) is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+    return stat[0] != "Z" and (started is None or _started_ticks(pid) == started)
+
+
+def _running(state: dict[str, Any] | None) -> bool:
+    """Whether the campaign that ``state`` describes is still running (not a later process with its pid)."""
+    return bool(state) and _alive(state.get("pid"), state.get("pid_started"))
 
 
 def read_state(repo: Path = REPO) -> dict[str, Any] | None:
@@ -328,9 +351,20 @@ def _background() -> None:  # pragma: no cover - runs in the child between fork 
 def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = None, jobs: int | None = None,
           threads: int | None = None, log_level: str = "info") -> dict[str, Any]:
     """Start the campaign detached (new session, ``nice`` 10) from a worktree of ``commit`` (default HEAD);
-    returns its state. A campaign already running is left alone (its state is returned)."""
+    returns its state. The same campaign already running is left alone (its state is returned); another one, a
+    campaign file outside the repository, or one (or a grid of its) not in the commit is a ConfigError, before
+    anything starts."""
+    try:
+        rel = Path(campaign_file).resolve().relative_to(repo.resolve())
+    except ValueError:
+        raise ConfigError(f"campaign file {campaign_file} is outside the repository {repo} (accepted: a campaign file "
+                          "committed in it, e.g. configs/campaign-cpu.yaml; the campaign trains from a worktree of "
+                          "the commit)") from None
     state = read_state(repo)
-    if state and _alive(state.get("pid")):
+    if _running(state):
+        if state.get("campaign", str(rel)) != str(rel):
+            raise ConfigError(f"campaign {state['campaign']} is already running (pid {state['pid']}); "
+                              f"`ltkit campaign stop` (make campaign-stop) first to start {rel} instead")
         return {**state, "already_running": True}
     camp = load_campaign(campaign_file)  # checked here, before anything starts
     try:
@@ -338,9 +372,12 @@ def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = Non
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     sha = _git(repo, "rev-parse", "--verify", commit or "HEAD")
+    for f in [rel, *sorted({Path(os.path.normpath(rel.parent / i.grid)) for i in camp.queue})]:  # the worktree's
+        if subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{sha}:{f.as_posix()}"],
+                          capture_output=True).returncode != 0:
+            raise ConfigError(f"{f} is not in commit {sha[:12]}, which the campaign trains from: commit it first")
     dirty = _git(repo, "status", "--porcelain", "--", "ltkit", "notebooks", "configs")
     src = prepare_worktree(repo, sha)
-    rel = Path(campaign_file).resolve().relative_to(repo.resolve())
     log = state_dir(repo) / "campaign.log"
     env = {**os.environ, "PYTHONPATH": str(src), "LTKIT_CHECKPOINTS": str(repo / "checkpoints"),
            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), NICE_ENV: str(NICE)}
@@ -352,7 +389,8 @@ def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = Non
         fh.flush()
         proc = subprocess.Popen(cmd, cwd=src, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, preexec_fn=_background)
-    state = {"pid": proc.pid, "commit": sha, "campaign": str(rel), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    state = {"pid": proc.pid, "pid_started": _started_ticks(proc.pid), "commit": sha, "campaign": str(rel),
+             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "jobs": jobs, "threads": threads, "log": str(log), "worktree": str(src),
              "uncommitted_left_out": bool(dirty)}
     atomic_write_json(state_dir(repo) / "state.json", state)
@@ -362,13 +400,13 @@ def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = Non
 def stop(repo: Path = REPO, timeout: float = 600.0) -> str:
     """Ask the running campaign to stop at its runs' next epoch boundaries and wait for it."""
     state = read_state(repo)
-    if not state or not _alive(state.get("pid")):
+    if not _running(state):
         return "no campaign is running"
     os.kill(state["pid"], signal.SIGTERM)
     deadline = time.time() + timeout
-    while _alive(state["pid"]) and time.time() < deadline:
+    while _running(state) and time.time() < deadline:
         time.sleep(0.5)
-    if _alive(state["pid"]):
+    if _running(state):
         return f"campaign (pid {state['pid']}) still stopping after {timeout:.0f} s; see {state['log']}"
     return f"campaign stopped (pid {state['pid']}, commit {state['commit'][:12]}); runs resume from their checkpoints"
 
@@ -379,7 +417,7 @@ def status_lines(campaign_file: str | Path | None = None, repo: Path = REPO) -> 
     path = Path(campaign_file) if campaign_file else (repo / state["campaign"] if state.get("campaign") else None)
     if path is None:
         return ["no campaign has been started here (make campaign)"]
-    alive = _alive(state.get("pid"))
+    alive = _running(state)
     head = (f"campaign {'running' if alive else 'not running'}" + (f" (pid {state['pid']})" if alive else "")
             + (f", commit {state['commit'][:12]}, {state['jobs']} x {state['threads']} thread(s), started "
                f"{state['started']}, log {state['log']}" if state.get("commit") else ""))
