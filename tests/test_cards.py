@@ -189,3 +189,13 @@ def test_launches_before_spend_was_recorded_count_from_the_history(tmp_path):
     assert [e["outcome"] for e in entries] == ["interrupted", "done"]
     assert entries[0]["seconds"] == 40.0 and entries[0]["launches"] == 2 and "history.csv" in entries[0]["recorded"]
     assert sum(device_hours(e) for e in entries) == pytest.approx((40 + 25) / 3600 / 2)
+
+
+def test_the_card_of_a_committed_cpu_run_says_where_it_ran():
+    """The campaign's CE seed 0: one thread of a 2-core CPU, no GPU, in bf16, said as such."""
+    from ltkit.report.cards import run_card
+
+    card = run_card(REPO / "results" / "cao2019" / "cifar100_exp100" / "resnet32" / "ce" / "seed0")
+    made_on = dict(card["made on"])
+    assert made_on["threads / GPUs"] == "1 thread" and made_on["device"] == "cpu (x86_64, 2 cores)"
+    assert ("precision", "bf16 (paper: fp32)") in card["versus the paper's recipe"]

@@ -98,8 +98,9 @@ def run_card(run_dir: str | Path) -> dict[str, list[tuple[str, Any]]]:
                      ("subset seed", p.get("subset_seed", 0)), ("split seed", p.get("split_seed"))]
     spend = attempts(run_dir)
     git = prov.get("git") or {}
+    threads = prov.get("threads")
     card["made on"] = [("device", prov.get("device_name")), ("CPU", prov.get("cpu_model")),
-                       ("threads / GPUs", (f"{prov['threads']} threads" if prov.get("threads") else "not recorded")
+                       ("threads / GPUs", (f"{threads} thread{'s' * (threads != 1)}" if threads else "not recorded")
                         + (f", {prov['gpu_count']} GPU(s)" if prov.get("gpu_count") else "")),
                        ("torch / CUDA", f"{prov.get('torch')} / {prov.get('cuda') or 'none'}"),
                        ("package lock SHA256", (prov.get("lock_sha256") or "")[:16] or None),
