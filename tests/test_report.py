@@ -163,6 +163,27 @@ def test_against_published_flags_what_lies_beyond_the_seed_spread():
     assert any(x.startswith("**CE**") and "within our seed spread" in x for x in text)
 
 
+def test_one_seed_against_published_is_judged_by_its_own_interval_never_a_seed_spread():
+    """One seed has no seed spread: the run's 95% interval over the test images is the uncertainty it has (half
+    its width either side), and the sentence names it; without an interval, 0.5 points, said as such."""
+    pub = report.published("cifar_lt_resnet32_published.csv")
+    one = pd.DataFrame([
+        {"data": "cifar100_exp100", "method": "ldam_drw", "seed": 0, "balanced.top1": 0.4267,
+         "balanced.top1_best_epoch_on_test": 0.4285, "balanced.top1_ci_low": 0.4181, "balanced.top1_ci_high": 0.4353},
+        {"data": "cifar100_exp100", "method": "ce", "seed": 0, "balanced.top1": 0.3878,
+         "balanced.top1_best_epoch_on_test": 0.3960}])
+    t = report.against_published(one, pub).set_index(["method", "recipe"])
+    ld = t.loc[("ldam_drw", "cao2019")]
+    assert ld["tolerance"] == pytest.approx((43.53 - 41.81) / 2) and not ld["beyond_spread"]  # +0.81 < 0.86
+    ce = t.loc[("ce", "cao2019")]
+    assert ce["tolerance"] == 0.5 and ce["beyond_spread"]  # +1.28, no interval recorded
+    text = report.published_sentences(t.reset_index())
+    assert any(x.startswith("**LDAM-DRW**") and "+0.81 points, within our run's 95% interval over the test images "
+               "(one seed)." in x for x in text)
+    ce_text = next(x for x in text if x.startswith("**CE**") and "Cao" in x)
+    assert "beyond 0.5 points (one seed, no interval recorded)" in ce_text and "seed spread" not in ce_text
+
+
 def test_seaborn_bars_take_error_bars_and_points_from_the_runs():
     import matplotlib
 

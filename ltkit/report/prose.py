@@ -59,11 +59,12 @@ def published_sentences(table: pd.DataFrame) -> list[str]:
         differs = r.get("differs_in") or ""
         if differs:
             head += f" (our recipe differs from the paper's in {differs})"
+        within = r["tolerance_kind"]
         if not r["beyond_spread"]:
-            out.append(f"{head}: within our seed spread.")
+            out.append(f"{head}: {r['diff']:+.2f} points, within {within}.")
             continue
         why = RECIPE_REASONS.get(r["recipe"], "the recipes differ")
         flag = f" More than {INVESTIGATE_POINTS} points from a same-recipe number: a finding to investigate." \
             if r["investigate"] else ""
-        out.append(f"{head}: {r['diff']:+.2f} points, more than our seed spread. Likely reason: {why}.{flag}")
+        out.append(f"{head}: {r['diff']:+.2f} points, beyond {within}. Likely reason: {why}.{flag}")
     return out
