@@ -171,7 +171,11 @@ def test_one_seed_against_published_is_judged_by_its_own_interval_never_a_seed_s
         {"data": "cifar100_exp100", "method": "ldam_drw", "seed": 0, "balanced.top1": 0.4267,
          "balanced.top1_best_epoch_on_test": 0.4285, "balanced.top1_ci_low": 0.4181, "balanced.top1_ci_high": 0.4353},
         {"data": "cifar100_exp100", "method": "ce", "seed": 0, "balanced.top1": 0.3878,
-         "balanced.top1_best_epoch_on_test": 0.3960}])
+         "balanced.top1_best_epoch_on_test": 0.3960},
+        # a stage-two run has no epochs, so no best epoch on test: its one number is compared
+        {"data": "cifar100_exp100", "method": "tau_norm", "procedure": "tau_norm", "seed": 0, "balanced.top1": 0.4205,
+         "balanced.top1_ci_low": 0.4119, "balanced.top1_ci_high": 0.4291}])
+    one["procedure"] = one["procedure"].fillna("train")
     t = report.against_published(one, pub).set_index(["method", "recipe"])
     ld = t.loc[("ldam_drw", "cao2019")]
     assert ld["tolerance"] == pytest.approx((43.53 - 41.81) / 2) and not ld["beyond_spread"]  # +0.81 < 0.86
@@ -180,6 +184,13 @@ def test_one_seed_against_published_is_judged_by_its_own_interval_never_a_seed_s
     text = report.published_sentences(t.reset_index())
     assert any(x.startswith("**LDAM-DRW**") and "+0.81 points, within our run's 95% interval over the test images "
                "(one seed)." in x for x in text)
+    tn = t.loc[("tau_norm", "la_recipe")]
+    assert tn["stage_two"] and tn["ours_best_on_test"] == pytest.approx(42.05) and tn["diff"] == pytest.approx(0.81)
+    assert any(x.startswith("**τ-norm**") and "ours 42.05 (a stage-two run: one number, no epochs to pick from) vs "
+               "41.24" in x and "+0.81 points, within" in x for x in text)
+    assert not any("nan" in x for x in text)
+    assert tn["differs_in"].startswith("the paper's recipe: Menon et al. train longer")  # not 'like-with-like'
+    assert ld["differs_in"] == ""  # these rows carry no recorded config: nothing known to differ from Cao et al.'s
     ce_text = next(x for x in text if x.startswith("**CE**") and "Cao" in x)
     assert "beyond 0.5 points (one seed, no interval recorded)" in ce_text and "seed spread" not in ce_text
 
