@@ -270,3 +270,19 @@ def test_a_new_registry_entry_shows_its_own_label_in_its_registry_order(monkeypa
     md = report.md_table(report.ordered(table.set_index("method")), "c", "tab-new")
     rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "x" not in line]
     assert rows == ["CE", "New-CE", "New-CE + CB sampling", "cRT"]
+
+
+def test_the_discussion_says_how_methods_stand_against_ce_from_the_runs():
+    """Counts, range and the best method come from compare_to_baseline; the interval's coverage is said: seeds
+    when paired over seeds, the test images only with one seed (the committed runs, seed 0)."""
+    rows = [{"data": "d", "model": "m", "method": meth, "seed": s, "balanced.top1": v / 100}
+            for meth, vals in (("ce", [38.0, 38.6, 38.3]), ("ldam_drw", [42.0, 42.9, 42.4]), ("focal", [38.1, 38.5, 38.4]))
+            for s, v in enumerate(vals)]
+    (line,) = report.against_ce_summary(pd.DataFrame(rows), {"balanced.top1": "Overall"})
+    assert line.startswith("Overall: 1 of 2 methods significantly above CE (38.30 %) and 0 below, differences from "
+                           "+0.03 to +4.13 points; the largest, LDAM-DRW, +4.13 [") and "(paired t over 3 seeds)" in line
+    runs = report.finished(report.collect(report.results_root("cao2019")))
+    one = runs[(runs["seed"] == 0) & runs["method"].isin(["ce", "ldam_drw"])]
+    (line,) = report.against_ce_summary(one, {"balanced.top1": "Overall"})
+    assert "the largest, LDAM-DRW, +3.89 [" in line and "covers the test images' sampling, not the seed" in line
+    assert report.against_ce_summary(one[one["method"] == "ce"], {"balanced.top1": "Overall"}) == []

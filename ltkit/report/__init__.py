@@ -15,7 +15,7 @@ from .collect import collect, failed, finished, results_root, split_legacy
 from .compute import attempts_table, compute_table, projections
 from .figures import bars, facet_bars, no_runs_figure, plot_class_distribution, plot_history, plot_per_class
 from .names import THESIS_LOSS_ORDER, method_label, method_order, ordered
-from .prose import findings, published_sentences
+from .prose import against_ce_summary, findings, published_sentences
 from .published import against_published, published, published_pivot, source_note
 from .render import glue_figure, glue_table, md_table
 from .tables import (
@@ -33,7 +33,7 @@ from .tables import (
     variance_sources,
 )
 
-__all__ = ["across", "across_long", "against_published", "attempts_table", "bars", "bold_best", "BOOK_CONFIG",
+__all__ = ["across", "across_long", "against_ce_summary", "against_published", "attempts_table", "bars", "bold_best", "BOOK_CONFIG",
            "card_markdown", "CATEGORIES", "collect", "compare_to_baseline", "comparison_table", "compute_table",
            "facet_bars", "failed", "findings", "finished", "glue_figure", "glue_table", "md_table", "mean_std",
            "mean_std_table", "method_label", "method_order", "no_runs_figure", "ordered", "plot_class_distribution",

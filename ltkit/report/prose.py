@@ -70,3 +70,26 @@ def published_sentences(table: pd.DataFrame) -> list[str]:
             if r["investigate"] else ""
         out.append(f"{head}: {r['diff']:+.2f} points, beyond {within}. Likely reason: {why}.{flag}")
     return out
+
+
+def against_ce_summary(df: pd.DataFrame, keys: dict[str, str], scale: float = 100.0) -> list[str]:
+    """One sentence per metric (``keys``: metric -> its name in the sentence) on how the methods stand against
+    CE in the finished runs ``df`` (one protocol): how many are significantly above / below it (BH-adjusted,
+    :func:`compare_to_baseline`), the range of the differences, the best method, and what the intervals cover
+    (the best method's: seeds, or with one seed the test images only). Empty without a CE run and another
+    method."""
+    out = []
+    for key, name in keys.items():
+        cmp = compare_to_baseline(df, key, ["data", "model"], scale=scale) if key in df else pd.DataFrame()
+        if not len(cmp):
+            continue
+        up, down = int((cmp["significant"] & (cmp["diff"] > 0)).sum()), int((cmp["significant"] & (cmp["diff"] < 0)).sum())
+        best = cmp.loc[cmp["diff"].idxmax()]
+        ce = df[df["method"] == "ce"][key].mean() * scale
+        covers = best["how"] + ("; with one seed an interval covers the test images' sampling, not the seed"
+                                if best["how"].startswith("paired bootstrap") else "")
+        out.append(f"{name}: {up} of {len(cmp)} methods significantly above CE ({ce:.2f} %) and {down} below, "
+                   f"differences from {cmp['diff'].min():+.2f} to {cmp['diff'].max():+.2f} points; the largest, "
+                   f"{method_label(best['method'])}, {best['diff']:+.2f} [{best['low']:+.2f}, {best['high']:+.2f}] "
+                   f"({covers}).")
+    return out
