@@ -175,20 +175,23 @@ def test_launches_before_spend_was_recorded_count_from_the_history(tmp_path):
     import pandas as pd
 
     from ltkit.core.io import atomic_write_json
-    from ltkit.runs.records import attempts, device_hours, record_spend
+    from ltkit.runs.records import attempts, device_hours, launches, record_spend
 
     d = tmp_path / "run"
     d.mkdir()
     pd.DataFrame({"epoch": range(6), "launch": [1, 1, 2, 2, 3, 3], "seconds": [10.0] * 6}).to_csv(d / "history.csv",
                                                                                                  index=False)
     atomic_write_json(d / "provenance.json", {"status": "finished", "wall_seconds": 25.0, "end": "2026-12-01T10:00:00+00:00",
-                                              "threads": 1, "cores": 2, "device_name": "cpu"})
+                                              "threads": 1, "cores": 2, "device_name": "cpu (x86_64, 2 cores)",
+                                              "cpu_model": "Intel(R) Xeon(R) Processor"})
     record_spend(d, {"outcome": "done", "seconds": 25.0, "end": "2026-12-01T10:00:01+0000", "threads": 1, "cores": 2,
-                     "gpus": 0})
+                     "gpus": 0, "device": "Intel(R) Xeon(R) Processor"})
     entries = attempts(d)
     assert [e["outcome"] for e in entries] == ["interrupted", "done"]
     assert entries[0]["seconds"] == 40.0 and entries[0]["launches"] == 2 and "history.csv" in entries[0]["recorded"]
     assert sum(device_hours(e) for e in entries) == pytest.approx((40 + 25) / 3600 / 2)
+    assert {e["device"] for e in entries} == {"Intel(R) Xeon(R) Processor"}  # one machine, one device in appendix D
+    assert sum(launches(e) for e in entries) == 3  # what appendix D and `grid status` count as attempts
 
 
 def test_the_card_of_a_committed_cpu_run_says_where_it_ran():

@@ -236,7 +236,7 @@ def spend_summary(grid: Grid) -> dict[str, Any]:
     outcome (finished, failed, interrupted; every attempt's ``spend.json``), and a projection for the
     runs not done, at the device-hours per training that this grid's finished runs measured (stage-two
     runs at their own measured mean)."""
-    from ..runs.records import attempts, device_hours
+    from ..runs.records import attempts, device_hours, launches
 
     spent: dict[str, float] = {}
     n_attempts = 0
@@ -246,7 +246,7 @@ def spend_summary(grid: Grid) -> dict[str, Any]:
     for cfg in grid.runs:
         run_dir = grid.run_dir(cfg)
         entries = attempts(run_dir)
-        n_attempts += len(entries)
+        n_attempts += sum(launches(e) for e in entries)
         for e in entries:
             key = "done" if e.get("outcome") == "done" else str(e.get("outcome"))
             spent[key] = spent.get(key, 0.0) + device_hours(e)

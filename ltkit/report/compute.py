@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..core.layout import REPO, parse_run_dir
-from ..runs.records import attempts, device_hours
+from ..runs.records import attempts, device_hours, launches
 from .collect import _run_dirs
 
 OUTCOMES = ("done", "failed", "interrupted")
@@ -23,7 +23,8 @@ def attempts_table(root: str | Path) -> pd.DataFrame:
         for e in attempts(d):
             rows.append({**parse_run_dir(d), "outcome": e.get("outcome"), "forced": bool(e.get("forced")),
                          "seconds": float(e.get("seconds") or 0), "device_hours": device_hours(e),
-                         "device": e.get("device"), "recorded": e.get("recorded", "spend.json")})
+                         "device": e.get("device"), "recorded": e.get("recorded", "spend.json"),
+                         "launches": launches(e)})
     return pd.DataFrame(rows)
 
 
@@ -35,11 +36,13 @@ def compute_table(att: pd.DataFrame) -> pd.DataFrame:
                         fill_value=0.0)
     t = t.reindex(columns=[c for c in (*OUTCOMES, *sorted(set(t.columns) - set(OUTCOMES))) if c in t.columns or
                            c in OUTCOMES], fill_value=0.0)
-    t["attempts"] = att.groupby(["protocol", "data", "method"]).size()
+    t["attempts"] = att.groupby(["protocol", "data", "method"])["launches"].sum()
     t["total"] = t[[c for c in t.columns if c != "attempts"]].sum(axis=1)
     total = t.sum(numeric_only=True).to_frame().T
     total.index = pd.MultiIndex.from_tuples([("all", "", "")], names=t.index.names)
-    return pd.concat([t, total]).round(3)
+    out = pd.concat([t, total]).round(3)
+    out["attempts"] = out["attempts"].astype(int)  # a count, not device-hours
+    return out
 
 
 def projections(grids: list[str] | None = None) -> pd.DataFrame:

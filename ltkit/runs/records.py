@@ -111,8 +111,10 @@ def attempts(run_dir: str | Path) -> list[dict[str, Any]]:
     entries = list(read_json_or_empty(run_dir / SPEND).get("attempts") or [])
     prov = read_json_or_empty(run_dir / PROVENANCE)
     end = _when(prov.get("end"))
-    machine = {"device": prov.get("device_name"), "threads": prov.get("threads"), "cores": prov.get("cores"),
-               "gpus": prov.get("gpu_count") or (1 if prov.get("cuda") else 0)}
+    gpus = prov.get("gpu_count") or (1 if prov.get("cuda") else 0)
+    # named as the grid names a CPU attempt (its model), so one machine is one device in the compute tables
+    machine = {"device": prov.get("device_name") if gpus else (prov.get("cpu_model") or prov.get("device_name")),
+               "threads": prov.get("threads"), "cores": prov.get("cores"), "gpus": gpus}
     if prov.get("wall_seconds") and not any((_when(e.get("end")) or end) >= end for e in entries if end):
         entries.append({"outcome": "done" if prov.get("status") == "finished" else prov.get("status", "unknown"),
                         "seconds": float(prov["wall_seconds"]), **machine, "end": prov.get("end"),
@@ -144,6 +146,12 @@ def _when(stamp: Any):
         return datetime.fromisoformat(str(stamp))
     except ValueError:
         return None
+
+
+def launches(entry: dict[str, Any]) -> int:
+    """How many launches an attempt entry stands for: one, or those from ``history.csv`` that
+    :func:`attempts` lumps into one entry (they ended before spend was recorded)."""
+    return int(entry.get("launches") or 1)
 
 
 def device_hours(entry: dict[str, Any]) -> float:
