@@ -212,6 +212,27 @@ def test_seaborn_bars_take_error_bars_and_points_from_the_runs():
     assert sum(len(c.get_offsets()) for c in points) == 4  # every seed drawn
 
 
+def test_one_run_per_bar_gets_its_own_interval_as_whisker():
+    """With one seed there is no spread to draw: each bar's whisker is its run's 95% interval over the test
+    images, at the right bar (hue levels dodged, one missing in a category)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    df = pd.DataFrame({"method": ["ce", "bs"], "seed": [0, 0], "balanced.top1": [0.40, 0.45],
+                       "balanced.top1_ci_low": [0.38, 0.44], "balanced.top1_ci_high": [0.41, 0.47],
+                       "balanced.few": [0.10, np.nan]})
+    long = report.tidy(df, {"balanced.top1": "All", "balanced.few": "Few"}, ["method", "seed"])
+    assert list(long["category"]) == ["All", "All", "Few"] and long["ci_low"].isna().sum() == 1
+    ax = report.bars(long, hue="method", order=["ce", "bs"])
+    whiskers = sorted((round(float(seg[0][0]), 2), round(float(np.min(seg[:, 1])), 6), round(float(np.max(seg[:, 1])), 6))
+                      for c in ax.collections for seg in getattr(c, "get_segments", list)() if len(seg) == 2
+                      and seg[0][0] == seg[1][0])
+    ce_bar, bs_bar = (p for p in ax.containers[0].patches[:1] + ax.containers[1].patches[:1])
+    x = [round(b.get_x() + b.get_width() / 2, 2) for b in (ce_bar, bs_bar)]
+    # CE's and BS's intervals on their own bars; Few has none recorded: no whisker
+    assert whiskers == [(x[0], 38.0, 41.0), (x[1], 44.0, 47.0)] and x[0] < x[1]
+
+
 def test_findings_state_the_best_method_against_ce_from_the_runs():
     import pandas as pd
 

@@ -65,7 +65,9 @@ def bars(long: pd.DataFrame, hue: str, order: list[str] | None = None, ax=None, 
          errorbar: str | tuple | None = "sd"):
     """seaborn bars of the mean per (category, ``hue``) with error bars computed from the rows (std over
     the rows by default: seeds for per-run data, backbones or losses for per-cell means) and every row
-    drawn as a point on its bar."""
+    drawn as a point on its bar. Where every bar is one run, its whisker is that run's own 95% interval
+    over the test images (``ci_low`` / ``ci_high`` of :func:`ltkit.report.tidy`), the only uncertainty
+    one seed measures."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -79,13 +81,22 @@ def bars(long: pd.DataFrame, hue: str, order: list[str] | None = None, ax=None, 
     if multi:
         sns.stripplot(data=long, x="category", y="value", hue=hue, order=cats, hue_order=hue_order, ax=ax,
                       dodge=True, size=2.5, palette="dark:black", legend=False, jitter=False)
+    elif {"ci_low", "ci_high"} <= set(long):
+        ci = long.set_index(["category", hue])[["ci_low", "ci_high"]]
+        for level, container in zip(hue_order, list(ax.containers), strict=False):  # one container per hue level
+            for bar in container.patches:
+                x, y = bar.get_x() + bar.get_width() / 2, bar.get_height()
+                lo, hi = ci.loc[(cats[int(round(x))], level)]  # categories sit at 0, 1, ...; the dodge is < 0.5
+                if np.isfinite(lo) and np.isfinite(hi):
+                    ax.errorbar(x, y, yerr=[[y - lo], [hi - y]], fmt="none", ecolor="black", elinewidth=1, capsize=3)
     ax.set_xlabel("")
     ax.set_ylabel(ylabel)
     handles, labels = ax.get_legend_handles_labels()
     if hue == "method":
         labels = [method_label(x) for x in labels]
+    lines = 1 + max(str(c).count("\n") for c in cats)  # tick labels of several lines push the legend down
     ax.legend(handles, labels, frameon=False, ncol=min(len(hue_order), 7), fontsize=8, loc="upper center",
-              bbox_to_anchor=(0.5, -0.12))
+              bbox_to_anchor=(0.5, -0.06 - 0.06 * lines))
     return ax
 
 

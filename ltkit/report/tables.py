@@ -247,15 +247,20 @@ def comparison_table(cmp: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def tidy(df: pd.DataFrame, metrics: dict[str, str], by: list[str], scale: float = 100.0) -> pd.DataFrame:
-    """One row per (run, metric): ``by`` columns, ``category`` (the metric's display name) and ``value``.
+    """One row per (run, metric): ``by`` columns, ``category`` (the metric's display name), ``value`` and the
+    run's own 95% interval over the test images (``ci_low``, ``ci_high``; NaN where the run has none).
 
     The long form seaborn plots from, so error bars and per-seed points come from the runs themselves.
     """
-    keys = [k for k in metrics if k in df]
-    long = df[by + keys].melt(id_vars=by, value_vars=keys, var_name="key", value_name="value")
-    long["category"] = long["key"].map(metrics)
-    long["value"] = long["value"] * scale
-    return long.dropna(subset=["value"])
+    parts = []
+    for k in (k for k in metrics if k in df):
+        part = df[by].assign(key=k, value=df[k] * scale)
+        for end in ("low", "high"):
+            part[f"ci_{end}"] = df[f"{k}_ci_{end}"] * scale if f"{k}_ci_{end}" in df else np.nan
+        parts.append(part.assign(category=metrics[k]))
+    if not parts:
+        return pd.DataFrame(columns=[*by, "key", "value", "ci_low", "ci_high", "category"])
+    return pd.concat(parts, ignore_index=True).dropna(subset=["value"])
 
 
 def variance_sources(df: pd.DataFrame, key: str = HEADLINE, method: str = "ce", scale: float = 100.0) -> pd.DataFrame:
