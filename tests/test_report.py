@@ -231,6 +231,9 @@ def test_one_run_per_bar_gets_its_own_interval_as_whisker():
     x = [round(b.get_x() + b.get_width() / 2, 2) for b in (ce_bar, bs_bar)]
     # CE's and BS's intervals on their own bars; Few has none recorded: no whisker
     assert whiskers == [(x[0], 38.0, 41.0), (x[1], 44.0, 47.0)] and x[0] < x[1]
+    # a perfect score whose interval's upper end came out a rounding error below it (the demo's runs) still draws
+    perfect = df.assign(**{"balanced.top1": [1.0, 0.45], "balanced.top1_ci_high": [1.0 - 1e-12, 0.47]})
+    report.bars(report.tidy(perfect, {"balanced.top1": "All"}, ["method", "seed"]), hue="method")
 
 
 def test_findings_state_the_best_method_against_ce_from_the_runs():

@@ -87,8 +87,9 @@ def bars(long: pd.DataFrame, hue: str, order: list[str] | None = None, ax=None, 
             for bar in container.patches:
                 x, y = bar.get_x() + bar.get_width() / 2, bar.get_height()
                 lo, hi = ci.loc[(cats[int(round(x))], level)]  # categories sit at 0, 1, ...; the dodge is < 0.5
-                if np.isfinite(lo) and np.isfinite(hi):
-                    ax.errorbar(x, y, yerr=[[y - lo], [hi - y]], fmt="none", ecolor="black", elinewidth=1, capsize=3)
+                if np.isfinite(lo) and np.isfinite(hi):  # at 0 % or 100 % an end may sit a rounding error inside
+                    ax.errorbar(x, y, yerr=[[max(y - lo, 0.0)], [max(hi - y, 0.0)]], fmt="none", ecolor="black",
+                                elinewidth=1, capsize=3)
     ax.set_xlabel("")
     ax.set_ylabel(ylabel)
     handles, labels = ax.get_legend_handles_labels()
