@@ -69,7 +69,7 @@ def against_published(df: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
             last = g[HEADLINE] * 100
             # a stage-two run (post-hoc LA, tau-norm, cRT, LWS) has no epochs to pick from: its one number is what
             # stands beside a paper's (Menon et al. tune tau, they pick no epoch)
-            stage_two = bool(len(g)) and bool(g["procedure"].map(_is_stage_two).all()) if "procedure" in g else False
+            stage_two = "procedure" in g and bool(g["procedure"].map(_is_stage_two).all())
             bot = last if stage_two else (g[best] * 100 if best in g else pd.Series(dtype=float))
             spread = float(bot.std(ddof=1)) if len(bot) > 1 else float("nan")
             diff = float(bot.mean() - p["top1_percent"]) if len(bot) else float("nan")
