@@ -256,6 +256,32 @@ def test_findings_state_the_best_method_against_ce_from_the_runs():
     assert "best is CE on resnet32" in findings(tie)[0] and "no method beats plain CE" in findings(tie)[0]
 
 
+def test_a_one_seed_method_is_held_against_ces_run_of_its_seed_and_the_sentences_say_so(tmp_path):
+    """CE has three seeds, BS one: the paired difference is BS minus CE's seed-0 run (+5.00), not minus CE's
+    mean (40.00); the landing page's sentence, the discussion's and the chapter's table name the seed paired."""
+    labels = np.repeat(np.arange(10), 10)
+    runs = []
+    for method, seed, right in (("ce", 0, 39), ("ce", 1, 41), ("ce", 2, 40), ("bs", 0, 44)):
+        d = tmp_path / method / f"seed{seed}"
+        d.mkdir(parents=True)
+        pred = np.where(np.arange(100) < right, labels, (labels + 1) % 10)  # the first `right` images right
+        np.savez(d / "predictions.npz", pred_balanced=pred, label_balanced=labels)
+        runs.append({"protocol": "cao2019", "data": "d", "model": "m", "method": method, "seed": seed,
+                     "balanced.top1": right / 100, "path": str(d)})
+    df = pd.DataFrame(runs)
+    cmp = report.compare_to_baseline(df, "balanced.top1", ["data", "model"])
+    r = cmp.iloc[0]
+    assert (r["seeds"], round(r["baseline_mean"], 2), round(r["method_mean"], 2), round(r["diff"], 2)) == ("0", 39.0, 44.0, 5.0)
+    (line,) = report.findings(df)
+    assert "against CE's 40.00 % (± 1.00 over 3 seeds); paired on the seed both have (0; CE 39.00 % there), " \
+           "difference +5.00 points" in line
+    (summary,) = report.against_ce_summary(df, {"balanced.top1": "Overall"})
+    assert "above CE (40.00 %, mean of 3 seeds; each method is paired with CE on the seeds both have)" in summary
+    assert report.comparison_table(cmp, ["data"])["seeds"].tolist() == ["0"]
+    same = report.findings(df[df["seed"] == 0])[0]  # equal seed sets: nothing to qualify
+    assert "against CE's 39.00 %; difference +5.00 points" in same
+
+
 def test_repository_buttons_only_with_a_real_address(tmp_path, monkeypatch):
     import yaml
 

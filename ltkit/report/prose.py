@@ -37,12 +37,19 @@ def findings(df: pd.DataFrame, key: str = HEADLINE, scale: float = 100.0) -> lis
         if best["method"] != "ce" and len(ce):
             row = cmp[(cmp["protocol"] == protocol) & (cmp["data"] == data) & (cmp["model"] == best["model"])
                       & (cmp["method"] == best["method"])] if len(cmp) else cmp
-            verdict = ""
+            ce0, verdict = ce.iloc[0], ""
             if len(row):
                 r0 = row.iloc[0]
-                verdict = (f"; difference {r0['diff']:+.2f} points [{r0['low']:+.2f}, {r0['high']:+.2f}], "
+                verdict = (f"difference {r0['diff']:+.2f} points [{r0['low']:+.2f}, {r0['high']:+.2f}], "
                            + ("significant" if r0["significant"] else "not significant") + " after BH adjustment")
-            text += f", against CE's {float(ce['mean'].iloc[0]):.2f} %{verdict}"
+                paired = str(r0.get("seeds", "")).split(", ")
+                if "seeds" in r0 and not len(paired) == int(ce0["n"]) == int(best["n"]):
+                    # the means above are over unequal seed sets: say which runs the difference is of
+                    verdict = (f"paired on the seed{'s' if len(paired) > 1 else ''} both have ({r0['seeds']}; CE "
+                               f"{r0['baseline_mean']:.2f} % there), {verdict}")
+                verdict = "; " + verdict
+            ce_spread = f" (± {ce0['std']:.2f} over {int(ce0['n'])} seeds)" if ce0["n"] > 1 else ""
+            text += f", against CE's {float(ce0['mean']):.2f} %{ce_spread}{verdict}"
         elif best["method"] == "ce":
             text += "; no method beats plain CE here"
         out.append(text + ".")
@@ -85,10 +92,14 @@ def against_ce_summary(df: pd.DataFrame, keys: dict[str, str], scale: float = 10
             continue
         up, down = int((cmp["significant"] & (cmp["diff"] > 0)).sum()), int((cmp["significant"] & (cmp["diff"] < 0)).sum())
         best = cmp.loc[cmp["diff"].idxmax()]
-        ce = df[df["method"] == "ce"][key].mean() * scale
+        ce_runs = df[df["method"] == "ce"][key].dropna()
+        ce = f"{ce_runs.mean() * scale:.2f} %"
+        if any(len(str(x).split(", ")) != len(ce_runs) for x in cmp.get("seeds", [])):
+            # some method has fewer seeds than CE: its difference is with CE's runs of its own seeds
+            ce += f", mean of {len(ce_runs)} seeds; each method is paired with CE on the seeds both have"
         covers = best["how"] + ("; with one seed an interval covers the test images' sampling, not the seed"
                                 if best["how"].startswith("paired bootstrap") else "")
-        out.append(f"{name}: {up} of {len(cmp)} methods significantly above CE ({ce:.2f} %) and {down} below, "
+        out.append(f"{name}: {up} of {len(cmp)} methods significantly above CE ({ce}) and {down} below, "
                    f"differences from {cmp['diff'].min():+.2f} to {cmp['diff'].max():+.2f} points; the largest, "
                    f"{method_label(best['method'])}, {best['diff']:+.2f} [{best['low']:+.2f}, {best['high']:+.2f}] "
                    f"({covers}).")

@@ -172,6 +172,10 @@ def compare_to_baseline(df: pd.DataFrame, key: str, by: list[str], baseline: str
     The table is one family of tests: ``p_adj`` are Benjamini-Hochberg adjusted
     p-values over all its rows, and ``significant`` means ``p_adj`` < 0.05 (the
     intervals themselves are per comparison, unadjusted).
+
+    Only the seeds both runs have are paired, so a method with one seed is held against CE's run of that
+    seed, not CE's mean over three: ``seeds`` names them ('0, 1, 2'), ``baseline_mean`` / ``method_mean``
+    are the two sides' means on exactly those seeds, the numbers ``diff`` is the difference of.
     """
 
     rows = []
@@ -196,7 +200,10 @@ def compare_to_baseline(df: pd.DataFrame, key: str, by: list[str], baseline: str
                 r["how"] = "paired bootstrap over test images (1 seed)"
             else:
                 continue
-            rows.append({**dict(zip(by, grp if isinstance(grp, tuple) else (grp,), strict=True)), "method": method, **r})
+            rows.append({**dict(zip(by, grp if isinstance(grp, tuple) else (grp,), strict=True)), "method": method, **r,
+                         "seeds": ", ".join(str(s) for s in seeds),
+                         "baseline_mean": float(base.loc[seeds, key].mean()) * scale,
+                         "method_mean": float(gm.loc[seeds, key].mean()) * scale})
     out = pd.DataFrame(rows)
     if len(out):
         out["p_adj"] = adjust_pvalues(out["p"].to_numpy())
@@ -239,6 +246,8 @@ def comparison_table(cmp: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     out["p (BH)"] = [f"{p:.3f}" for p in cmp["p_adj"]]
     out["significant"] = cmp["significant"].to_numpy()
     out["how"] = cmp["how"].to_numpy()
+    if "seeds" in cmp:  # which seeds were paired: a one-seed method meets CE's run of that seed only
+        out["seeds"] = cmp["seeds"].to_numpy()
     out["method"] = pd.Categorical(out["method"], method_order(out["method"].unique()), ordered=True)
     return out.sort_values(by + ["method"]).assign(method=lambda t: t["method"].astype(str))
 
