@@ -41,6 +41,25 @@ def test_relative_accuracy_divides_lt_by_balanced_training():
     assert report.relative_accuracy_table(frame().query("data != 'c_balanced'")).empty
 
 
+def test_a_stage_two_run_that_did_not_time_its_epochs_costs_unknown_seconds_not_zero(tmp_path):
+    """cRT / LWS runs made before their classifier's epochs were timed recorded 0 training seconds: the
+    cost column says 'not recorded' (NaN) for them, 0 only for a run with no epochs (tau-norm)."""
+    import json
+
+    from ltkit.runs.status import mark_complete
+
+    for method, history in (("crt", "epoch,lr,train_loss\n0,0.1,1.0\n"), ("tau_norm", ""),
+                            ("lws", "epoch,lr,train_loss,seconds\n0,0.1,1.0,2.5\n")):
+        run = tmp_path / "cao2019" / "d" / "m" / method / "seed0"
+        run.mkdir(parents=True)
+        (run / "history.csv").write_text(history)
+        (run / "provenance.json").write_text(json.dumps({"procedure_extra": {"train_seconds_total": 2.5 * ("seconds" in history)}}))
+        (run / "metrics.json").write_text('{"balanced.top1": 0.5, "selected_epoch": 0, "epochs": 1}')
+        mark_complete(run, "fp")
+    seconds = report.collect(tmp_path).set_index("method")["train_seconds"]
+    assert np.isnan(seconds["crt"]) and seconds["tau_norm"] == 0 and seconds["lws"] == 2.5
+
+
 def test_collect_reads_any_root_and_follows_aliases(tmp_path):
     from ltkit.runs.records import write_alias
     from ltkit.runs.status import mark_complete

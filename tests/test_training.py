@@ -195,6 +195,9 @@ def test_crt_keeps_the_backbone_and_retrains_only_the_classifier(tiny_cfg, tmp_p
     assert backbone and all(torch.equal(s1[k], s2[k]) for k in backbone)
     assert not torch.equal(clf1.weight, clf2.weight)
     assert r.metrics["trainings"] == 0  # it reuses the stage-one training
+    # but its classifier's epochs cost time, which the book's cost column shows (it said 0 s before they were timed)
+    assert len(r.history) == 2 and (r.history["seconds"] > 0).all()
+    assert r.extra["train_seconds_total"] == pytest.approx(r.history["seconds"].sum())
 
 
 def test_lws_learns_only_one_scale_per_class(tiny_cfg, tmp_path):

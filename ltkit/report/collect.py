@@ -55,7 +55,7 @@ def collect(root: str | Path) -> pd.DataFrame:
             if prov:
                 row["wall_seconds"] = prov.get("wall_seconds")
                 extra = prov.get("procedure_extra") or prov.get("method_extra") or {}  # (the latter: older runs)
-                row["train_seconds"] = extra.get("train_seconds_total")
+                row["train_seconds"] = _train_seconds(src, extra.get("train_seconds_total"))
                 row["device_name"] = prov.get("device_name")
                 row["git_commit"] = (prov.get("git") or {}).get("commit")
                 row["end"] = prov.get("end")
@@ -64,6 +64,19 @@ def collect(root: str | Path) -> pd.DataFrame:
                 row["legacy"] = "; ".join(legacy_reasons(prov))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _train_seconds(run: Path, total: float | None) -> float | None:
+    """The run's recorded training seconds; unknown (NaN), not 0, where it trained epochs whose time was not
+    recorded (cRT / LWS runs made before their head-training epochs were timed), so a mean over seeds skips it."""
+    if total == 0 and (run / "history.csv").exists():
+        try:
+            history = pd.read_csv(run / "history.csv")
+        except pd.errors.EmptyDataError:  # no epochs at all (tau-norm, post-hoc LA): 0 s is the truth
+            return total
+        if len(history) and "seconds" not in history:
+            return float("nan")
+    return total
 
 
 def legacy_reasons(prov: dict) -> list[str]:

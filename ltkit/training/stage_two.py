@@ -8,6 +8,7 @@ sampling and a cosine schedule (their section 4).
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,7 @@ def train_head(ctx, features, head: nn.Module, params, epochs: int, lr: float) -
     labels = ctx.train.labels
     rows = []
     for epoch in range(epochs):
+        t0 = time.perf_counter()  # the head's training time is this run's own cost (the book's cost column)
         order = epoch_indices("class_balanced", ctx.train.labels_np, ctx.ds.train_counts, epoch, epochs, ctx.cfg.seed + 1)
         total = 0.0
         for start in range(0, len(order), ctx.cfg.batch_size):
@@ -143,7 +145,8 @@ def train_head(ctx, features, head: nn.Module, params, epochs: int, lr: float) -
             opt.step()
             total += float(loss.detach()) * len(idx)
         sched.step()
-        rows.append({"epoch": epoch, "lr": sched.get_last_lr()[0], "train_loss": total / len(order)})
+        rows.append({"epoch": epoch, "lr": sched.get_last_lr()[0], "train_loss": total / len(order),
+                     "seconds": time.perf_counter() - t0})
     if hasattr(features, "remove_hook"):
         features.remove_hook()
     return rows
