@@ -31,6 +31,32 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert hardware.cpu_flags(tmp_path / "missing") == set() and hardware.cpu_model(tmp_path / "missing") is None
 
 
+def test_a_gpu_attempt_names_the_gpu_model_as_its_runs_provenance_does(tmp_path, monkeypatch):
+    """The grid runner does not import torch: it reads the driver's /proc entries, so appendix D counts one
+    GPU machine as one device (spend.json said 'cuda:0' where provenance said 'NVIDIA H100 80GB HBM3')."""
+    from ltkit.grid.execute import attempt
+
+    def gpus(*models):
+        root = tmp_path / "-".join(models)
+        for i, m in enumerate(models):
+            (root / f"0000:{i:02x}:00.0").mkdir(parents=True)
+            (root / f"0000:{i:02x}:00.0" / "information").write_text(f"Model: \t\t {m}\nIRQ:   \t\t 42\n")
+        return root
+
+    same = gpus("NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB HBM3")
+    assert hardware.gpu_model("1", same) == "NVIDIA H100 80GB HBM3"
+    mixed = gpus("NVIDIA A100-SXM4-40GB", "NVIDIA H100 80GB HBM3")
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    assert hardware.gpu_model("1", mixed) is None  # CUDA orders fastest first: index 1 need not be bus 1
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    assert hardware.gpu_model("1", mixed) == "NVIDIA H100 80GB HBM3" and hardware.gpu_model("7", mixed) is None
+    assert hardware.gpu_model("0", tmp_path / "no-driver") is None
+    monkeypatch.setattr(hardware, "NVIDIA_PROC", same)
+    assert attempt("done", "t", 10.0, {"CUDA_VISIBLE_DEVICES": "0"})["device"] == "NVIDIA H100 80GB HBM3"
+    monkeypatch.setattr(hardware, "NVIDIA_PROC", tmp_path / "no-driver")
+    assert attempt("done", "t", 10.0, {"CUDA_VISIBLE_DEVICES": "0"})["device"] == "cuda:0"  # unknown: as before
+
+
 def test_auto_is_bf16_where_it_is_native_and_fp32_elsewhere(monkeypatch, no_bf16):
     assert hardware.resolve_precision("auto", "auto") == "fp32"  # no GPU, no bf16 unit
     assert hardware.resolve_precision("auto", "cpu") == "fp32"

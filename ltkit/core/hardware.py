@@ -80,8 +80,33 @@ def nvidia_gpu_present() -> bool:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in ("", "-1"):
         return False
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return (gpus.is_dir() and any(gpus.iterdir())) or Path("/dev/nvidia0").exists()
+    return (NVIDIA_PROC.is_dir() and any(NVIDIA_PROC.iterdir())) or Path("/dev/nvidia0").exists()
+
+
+NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")  # one folder per GPU, named by PCI bus id, each with `information`
+
+
+def gpu_model(index: str | int, root: str | Path | None = None) -> str | None:
+    """The model of CUDA device ``index`` as the driver names it ('NVIDIA H100 80GB HBM3', what torch's
+    ``get_device_name`` and so a run's provenance say), read without importing torch, so a grid's spend
+    entry and its run's provenance name one GPU machine alike. None where unknown: no driver entries, or
+    GPUs of different models whose order CUDA may not share with the bus ids' (``CUDA_DEVICE_ORDER``)."""
+    models = []
+    for info in sorted(Path(root or NVIDIA_PROC).glob("*/information")):
+        try:
+            text = info.read_text(errors="replace")
+        except OSError:
+            continue
+        models += [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model:")]
+    if not models:
+        return None
+    if len(set(models)) == 1:
+        return models[0]
+    try:
+        i = int(str(index).split(",")[0])
+    except ValueError:
+        return None
+    return models[i] if os.environ.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID" and 0 <= i < len(models) else None
 
 
 def cuda_expected(device: str) -> bool:

@@ -27,7 +27,7 @@ import yaml
 
 from ..config.fields import RunConfig
 from ..config.parameters import config_parameter_names
-from ..core.hardware import cores, cpu_model
+from ..core.hardware import cores, cpu_model, gpu_model
 from ..core.io import LockHeld, atomic_write_bytes, atomic_write_text, is_locked, run_lock
 from ..core.layout import (
     COMPLETE,
@@ -134,7 +134,7 @@ def attempt(outcome: str, start: str, seconds: float, env: dict[str, str] | None
     threads = env.get("OMP_NUM_THREADS")
     return {"outcome": outcome, "forced": forced, "start": start, "end": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(seconds / shared_by, 2), "shared_by": shared_by,
-            "device": f"cuda:{gpu}" if gpu else cpu_model(), "gpus": 1 if gpu else 0,
+            "device": (gpu_model(gpu) or f"cuda:{gpu}") if gpu else cpu_model(), "gpus": 1 if gpu else 0,
             "threads": int(threads) if threads and threads.isdigit() else None, "cores": cores()}
 
 
