@@ -60,6 +60,35 @@ def test_a_stage_two_run_that_did_not_time_its_epochs_costs_unknown_seconds_not_
     assert np.isnan(seconds["crt"]) and seconds["tau_norm"] == 0 and seconds["lws"] == 2.5
 
 
+def test_learning_curves_come_from_the_runs_histories_and_mark_best_and_last_epochs(tmp_path):
+    """curves() reads each run's measured test epochs (a stage-two run has none); plot_curves draws the mean
+    over seeds, a dot at each run's best epoch and a cross at its last, and zooms where every epoch was measured."""
+    runs = []
+    for method, seed, acc in (("ce", 0, [0.10, 0.30, 0.36, 0.40, 0.38]), ("ce", 1, [0.12, 0.28, 0.39, 0.37, 0.38]),
+                              ("bs", 0, [0.10, 0.30, 0.40, 0.45, 0.44]), ("crt", 0, None)):
+        d = tmp_path / method / f"seed{seed}"
+        d.mkdir(parents=True)
+        if acc is None:
+            (d / "history.csv").write_text("epoch,lr,train_loss\n0,0.1,1.0\n")
+        else:  # measured at epochs 9, 19 (every 10th), then every epoch from 20 on: 9, 19, 20, 21, 22
+            pd.DataFrame({"epoch": range(23), "test_top1": [None] * 9 + [acc[0]] + [None] * 9 + acc[1:]}).to_csv(
+                d / "history.csv", index=False)
+        runs.append({"data": "d", "method": method, "seed": seed, "path": str(d)})
+    long = report.curves(pd.DataFrame(runs))
+    assert set(long["method"]) == {"ce", "bs"} and len(long) == 15
+    assert long[(long["method"] == "bs")].set_index("epoch")["value"].round(6).to_dict() == {9: 10.0, 19: 30.0, 20: 40.0,
+                                                                                             21: 45.0, 22: 44.0}
+    fig = report.plot_curves(long.drop(columns="data"), order=["ce", "bs"])
+    full, zoom = fig.axes
+    assert zoom.get_title() == "from epoch 19"  # epoch 19 on, every epoch was measured
+    ce_mean = full.lines[0].get_ydata()
+    assert list(np.round(ce_mean, 6)) == [11.0, 29.0, 37.5, 38.5, 38.0]
+    points = {tuple(np.round(o, 6)) for c in full.collections if hasattr(c, "get_offsets") for o in c.get_offsets()}
+    assert {(21.0, 40.0), (20.0, 39.0), (21.0, 45.0)} <= points  # best epochs: ce 0, ce 1, bs
+    assert {(22.0, 38.0), (22.0, 44.0)} <= points  # last epochs (ce's two coincide)
+    assert report.curves(pd.DataFrame(runs[3:])).empty
+
+
 def test_collect_reads_any_root_and_follows_aliases(tmp_path):
     from ltkit.runs.records import write_alias
     from ltkit.runs.status import mark_complete

@@ -11,9 +11,17 @@ from ..core.layout import REPO
 from ..runs.status import resolve_alias
 from .book import BOOK_CONFIG, RUNS_DIR, prepare_book, refresh_book_cache, repository_config, repository_url, stage_runs
 from .cards import card_markdown, recipe_differences, run_card
-from .collect import collect, failed, finished, results_root, split_legacy
+from .collect import collect, curves, failed, finished, results_root, split_legacy
 from .compute import attempts_table, compute_table, projections
-from .figures import bars, facet_bars, no_runs_figure, plot_class_distribution, plot_history, plot_per_class
+from .figures import (
+    bars,
+    facet_bars,
+    no_runs_figure,
+    plot_class_distribution,
+    plot_curves,
+    plot_history,
+    plot_per_class,
+)
 from .names import THESIS_LOSS_ORDER, method_label, method_order, ordered
 from .prose import against_ce_summary, findings, published_sentences
 from .published import against_published, published, published_pivot, source_note
@@ -34,9 +42,9 @@ from .tables import (
 )
 
 __all__ = ["across", "across_long", "against_ce_summary", "against_published", "attempts_table", "bars", "bold_best", "BOOK_CONFIG",
-           "card_markdown", "CATEGORIES", "collect", "compare_to_baseline", "comparison_table", "compute_table",
+           "card_markdown", "CATEGORIES", "collect", "compare_to_baseline", "comparison_table", "compute_table", "curves",
            "facet_bars", "failed", "findings", "finished", "glue_figure", "glue_table", "md_table", "mean_std",
-           "mean_std_table", "method_label", "method_order", "no_runs_figure", "ordered", "plot_class_distribution",
+           "mean_std_table", "method_label", "method_order", "no_runs_figure", "ordered", "plot_class_distribution", "plot_curves",
            "plot_history", "plot_per_class", "prepare_book", "projections", "published", "published_pivot",
            "published_sentences", "recipe_differences", "refresh_book_cache", "relative_accuracy_table", "REPO",
            "repository_config", "repository_url", "resolve_alias", "results_root", "run_card", "RUNS_DIR", "SHOT",

@@ -79,6 +79,27 @@ def _train_seconds(run: Path, total: float | None) -> float | None:
     return total
 
 
+def curves(df: pd.DataFrame, column: str = "test_top1", by: tuple[str, ...] = ("data", "method", "seed"),
+           scale: float = 100.0) -> pd.DataFrame:
+    """Each run's per-epoch ``column`` from its ``history.csv`` in long form: ``by`` columns, ``epoch``, ``value``
+    (x ``scale``), only the epochs that measured it. The test-set column is what the labelled "best epoch on
+    test" is read from (tracked, never used to select); runs without epochs (a stage-two run) add nothing."""
+    parts = []
+    for _, row in df.iterrows():
+        try:
+            h = pd.read_csv(resolve_alias(row["path"]) / "history.csv")
+        except (OSError, pd.errors.EmptyDataError):
+            continue
+        if column not in h or "epoch" not in h:
+            continue
+        h = h[["epoch", column]].dropna()
+        parts.append(pd.DataFrame({**{k: row[k] for k in by}, "epoch": h["epoch"].astype(int),
+                                   "value": h[column].astype(float) * scale}))
+    if not parts:
+        return pd.DataFrame(columns=[*by, "epoch", "value"])
+    return pd.concat(parts, ignore_index=True)
+
+
 def legacy_reasons(prov: dict) -> list[str]:
     """What makes a run's numbers not comparable with today's protocol (empty: nothing).
 

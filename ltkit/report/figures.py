@@ -1,5 +1,5 @@
 """Figures for the run notebook (class distribution, learning curves, per-class accuracy) and for the
-book (bars with seed points from tidy per-run data)."""
+book (bars with seed points from tidy per-run data; learning curves of many runs)."""
 
 from __future__ import annotations
 
@@ -115,6 +115,52 @@ def facet_bars(long: pd.DataFrame, by: list[str], hue: str, order: list[str] | N
              ax=ax, ylabel=ylabel)
         ax.set_title(", ".join(str(v) for v in (name if isinstance(name, tuple) else (name,))), fontsize=10)
     return fig
+
+
+def plot_curves(long: pd.DataFrame, hue: str = "method", order: list[str] | None = None, zoom_from: int | None = None,
+                ylabel: str = "balanced test top-1 (%)"):
+    """Learning curves from :func:`ltkit.report.curves`: per ``hue`` level the mean over its runs at each
+    measured epoch (the band: lowest to highest run, where there are several), each run's best epoch as a
+    dot and its last epoch as a cross, so the gap between the number several papers report (the best epoch
+    on the test set) and the last epoch (ours) is seen, not only tabulated. A second panel from epoch
+    ``zoom_from`` on (default: where every run measured every epoch) shows the end of training up close."""
+    import matplotlib.pyplot as plt
+
+    levels = [h for h in (order or list(dict.fromkeys(long[hue]))) if h in set(long[hue])]
+    runs = [c for c in long.columns if c not in ("epoch", "value")]
+    if zoom_from is None:  # the first epoch from which every run has every epoch
+        zoom_from = max((int(g["epoch"].max()) - _dense_tail(g["epoch"].to_numpy())
+                         for _, g in long.groupby(runs)), default=0)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained", width_ratios=[3, 2])
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, level in enumerate(levels):
+        g, c = long[long[hue] == level], colors[i % len(colors)]
+        stats = g.groupby("epoch")["value"].agg(["mean", "min", "max", "count"])
+        ends = [(r.loc[r["value"].idxmax()], r.loc[r["epoch"].idxmax()]) for _, r in g.groupby(runs)]
+        for ax in axes:
+            ax.plot(stats.index, stats["mean"], color=c, lw=1.2, label=method_label(level) if hue == "method" else level)
+            if stats["count"].max() > 1:
+                ax.fill_between(stats.index, stats["min"], stats["max"], color=c, alpha=0.2, lw=0)
+            ax.scatter([b["epoch"] for b, _ in ends], [b["value"] for b, _ in ends], color=c, s=14, zorder=3)
+            ax.scatter([e["epoch"] for _, e in ends], [e["value"] for _, e in ends], color=c, marker="x", s=20, zorder=3)
+    axes[0].set_ylabel(ylabel)
+    late = long[long["epoch"] >= zoom_from]["value"]
+    if len(late):
+        axes[1].set_xlim(zoom_from - 0.5, long["epoch"].max() + 0.5)
+        axes[1].set_ylim(late.min() - 0.5, late.max() + 0.5)
+    axes[1].set_title(f"from epoch {zoom_from}", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(frameon=False, fontsize=8, ncol=min(len(levels), 4), loc="upper left")
+    return fig
+
+
+def _dense_tail(epochs: np.ndarray) -> int:
+    """How many epochs before the last are all present (0 where only the last is)."""
+    e = np.sort(np.unique(epochs))
+    gaps = np.nonzero(np.diff(e) != 1)[0]
+    return int(e[-1] - e[gaps[-1] + 1]) if len(gaps) else int(e[-1] - e[0])
 
 
 def no_runs_figure(text: str = "no runs yet"):
