@@ -243,6 +243,24 @@ def test_one_seed_against_published_is_judged_by_its_own_interval_never_a_seed_s
     assert "beyond 0.5 points (one seed, no interval recorded)" in ce_text and "seed spread" not in ce_text
 
 
+def test_the_landing_page_puts_ours_with_its_uncertainty_beside_the_papers_numbers():
+    """One seed: the run's own interval; three seeds: mean ± std; ours as the paper counts beside the paper's number."""
+    pub = report.published("cifar_lt_resnet32_published.csv")
+    runs = pd.DataFrame([
+        {"data": "cifar100_exp100", "method": "ldam_drw", "seed": 0, "balanced.top1": 0.4267,
+         "balanced.top1_best_epoch_on_test": 0.4285, "balanced.top1_ci_low": 0.4181, "balanced.top1_ci_high": 0.4353},
+        *({"data": "cifar100_exp100", "method": "ce", "seed": s, "balanced.top1": v, "balanced.top1_best_epoch_on_test": v}
+          for s, v in enumerate([0.38, 0.39, 0.40]))])
+    t = report.published_summary(runs, pub).set_index(["method", "source"])
+    ld = t.loc[("ldam_drw", "{cite:t}`cao2019ldam`, Table 2")]
+    assert (ld["ours, last epoch"], ld["ours as the paper counts"], ld["published"], ld["difference"]) == \
+        ("42.67 [41.81, 43.53]", 42.85, "42.04", "+0.81") and ld["within our uncertainty"]
+    ce = t.loc[("ce", "{cite:t}`cao2019ldam`, Table 2")]
+    assert ce["ours, last epoch"] == "39.00 ± 1.00" and ce["seeds"] == 3 and ce["difference"] == "+0.68"
+    assert len(t.loc["ce"]) == 2  # Cao et al.'s and Menon et al.'s CE, one row each
+    assert report.published_summary(runs[runs["method"] == "bs"], pub).empty
+
+
 def test_seaborn_bars_take_error_bars_and_points_from_the_runs():
     import matplotlib
 

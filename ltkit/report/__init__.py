@@ -24,7 +24,7 @@ from .figures import (
 )
 from .names import THESIS_LOSS_ORDER, method_label, method_order, ordered
 from .prose import against_ce_summary, findings, published_sentences
-from .published import against_published, published, published_pivot, source_note
+from .published import against_published, published, published_pivot, published_summary, source_note
 from .render import glue_figure, glue_table, md_table
 from .tables import (
     CATEGORIES,
@@ -45,7 +45,7 @@ __all__ = ["across", "across_long", "against_ce_summary", "against_published", "
            "card_markdown", "CATEGORIES", "collect", "compare_to_baseline", "comparison_table", "compute_table", "curves",
            "facet_bars", "failed", "findings", "finished", "glue_figure", "glue_table", "md_table", "mean_std",
            "mean_std_table", "method_label", "method_order", "no_runs_figure", "ordered", "plot_class_distribution", "plot_curves",
-           "plot_history", "plot_per_class", "prepare_book", "projections", "published", "published_pivot",
+           "plot_history", "plot_per_class", "prepare_book", "projections", "published", "published_pivot", "published_summary",
            "published_sentences", "recipe_differences", "refresh_book_cache", "relative_accuracy_table", "REPO",
            "repository_config", "repository_url", "resolve_alias", "results_root", "run_card", "RUNS_DIR", "SHOT",
            "source_note", "split_legacy", "stage_runs", "THESIS_LOSS_ORDER", "tidy", "variance_sources"]

@@ -88,6 +88,27 @@ def against_published(df: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def published_summary(df: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
+    """The landing page's short form of :func:`against_published`: per method and published number, our
+    last epoch with its uncertainty (mean ± std over seeds; one seed: its 95% interval over the test
+    images), ours as the paper counts (best epoch on the test set; a stage-two run: its one number), the
+    paper's number with its source, the difference and whether it lies within our uncertainty."""
+    from .tables import mean_std_table
+
+    cmp = against_published(df, pub)
+    if cmp.empty:
+        return pd.DataFrame()
+    ours = mean_std_table(df, ["data", "method"], {HEADLINE: "ours"})["ours"]
+    return pd.DataFrame({
+        "data": cmp["data"], "method": cmp["method"], "seeds": cmp["seeds"],
+        "ours, last epoch": [ours.loc[(d, m)] for d, m in zip(cmp["data"], cmp["method"], strict=True)],
+        "ours as the paper counts": cmp["ours_best_on_test"].round(2),
+        "published": cmp["published"].map(lambda v: f"{v:.2f}"),
+        "source": cmp["source"].map(source_note),
+        "difference": cmp["diff"].map(lambda d: f"{d:+.2f}"),
+        "within our uncertainty": ~cmp["beyond_spread"]}).reset_index(drop=True)
+
+
 def _is_stage_two(procedure: object) -> bool:
     return procedure in PROCEDURES and PROCEDURES.info(str(procedure)).stage == 2
 
