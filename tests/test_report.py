@@ -87,6 +87,10 @@ def test_learning_curves_come_from_the_runs_histories_and_mark_best_and_last_epo
     assert {(21.0, 40.0), (20.0, 39.0), (21.0, 45.0)} <= points  # best epochs: ce 0, ce 1, bs
     assert {(22.0, 38.0), (22.0, 44.0)} <= points  # last epochs (ce's two coincide)
     assert report.curves(pd.DataFrame(runs[3:])).empty
+    two = tmp_path / "two_expert" / "seed0"  # one row per expert and epoch: not one curve, left to its own page
+    two.mkdir(parents=True)
+    pd.DataFrame({"epoch": [0, 0], "expert": ["head", "tail"], "test_top1": [0.3, 0.2]}).to_csv(two / "history.csv")
+    assert report.curves(pd.DataFrame([{"data": "d", "method": "two_expert", "seed": 0, "path": str(two)}])).empty
 
 
 def test_collect_reads_any_root_and_follows_aliases(tmp_path):

@@ -83,14 +83,15 @@ def curves(df: pd.DataFrame, column: str = "test_top1", by: tuple[str, ...] = ("
            scale: float = 100.0) -> pd.DataFrame:
     """Each run's per-epoch ``column`` from its ``history.csv`` in long form: ``by`` columns, ``epoch``, ``value``
     (x ``scale``), only the epochs that measured it. The test-set column is what the labelled "best epoch on
-    test" is read from (tracked, never used to select); runs without epochs (a stage-two run) add nothing."""
+    test" is read from (tracked, never used to select); runs without epochs (a stage-two run) add nothing, nor
+    does a two-expert run (one row per expert and epoch: its curves are on its own page)."""
     parts = []
     for _, row in df.iterrows():
         try:
             h = pd.read_csv(resolve_alias(row["path"]) / "history.csv")
         except (OSError, pd.errors.EmptyDataError):
             continue
-        if column not in h or "epoch" not in h:
+        if column not in h or "epoch" not in h or "expert" in h:
             continue
         h = h[["epoch", column]].dropna()
         parts.append(pd.DataFrame({**{k: row[k] for k in by}, "epoch": h["epoch"].astype(int),
