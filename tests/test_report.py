@@ -93,6 +93,18 @@ def test_learning_curves_come_from_the_runs_histories_and_mark_best_and_last_epo
     assert report.curves(pd.DataFrame([{"data": "d", "method": "two_expert", "seed": 0, "path": str(two)}])).empty
 
 
+def test_a_runs_own_curves_join_the_epochs_its_test_set_was_measured_on():
+    """The test set is measured every 10th epoch, then every epoch: its line joins those points (with NaN
+    between them the early ones were drawn as nothing at all)."""
+    h = pd.DataFrame({"epoch": range(30), "train_loss": np.linspace(3, 1, 30), "val_top1": np.linspace(0.1, 0.4, 30),
+                      "test_top1": [0.2 if e % 10 == 9 or e >= 25 else None for e in range(30)]})
+    _, acc = report.plot_history(h)
+    test = next(line for line in acc.lines if line.get_label() == "test (reference only)")
+    assert list(test.get_xdata()) == [9, 19, 25, 26, 27, 28, 29] and test.get_marker() == "."
+    val = next(line for line in acc.lines if line.get_label() == "validation")
+    assert len(val.get_xdata()) == 30 and val.get_marker() in (None, "None")
+
+
 def test_collect_reads_any_root_and_follows_aliases(tmp_path):
     from ltkit.runs.records import write_alias
     from ltkit.runs.status import mark_complete

@@ -37,8 +37,9 @@ def plot_history(history: pd.DataFrame, axes=None):
             axes[0].plot(h["epoch"], h["train_loss"], label="train loss" + tag)
         for col, lab in (("train_acc", "train"), ("val_top1", "validation"), ("test_top1", "test (reference only)"),
                          ("expert_val_top1", "validation, own classes")):
-            if col in h:
-                axes[1].plot(h["epoch"], h[col], label=lab + tag)
+            if col in h:  # the test set is measured on some epochs only: join its points, not just runs of them
+                m = h[["epoch", col]].dropna()
+                axes[1].plot(m["epoch"], m[col], label=lab + tag, marker="." if len(m) < len(h) else None, ms=3)
     axes[0].set_xlabel("epoch")
     axes[0].legend(frameon=False)
     axes[1].set_xlabel("epoch")
