@@ -168,7 +168,9 @@ def test_grid_refuses_an_oversubscribing_setting_in_one_line(tmp_path):
 
 
 def test_ltkit_nice_lowers_the_training_process():
+    """LTKIT_NICE=7 lowers a process to nice 7; one already lower (the suite run under `nice`) stays where it is:
+    an unprivileged process cannot raise its priority, and lower_priority never tries."""
     code = "from ltkit.core.hardware import lower_priority; import os; lower_priority(); print(os.nice(0))"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**os.environ, "LTKIT_NICE": "7"})
-    assert p.stdout.strip() == "7"
+    assert p.stdout.strip() == str(max(7, os.nice(0)))
