@@ -42,10 +42,9 @@ def findings(df: pd.DataFrame, key: str = HEADLINE, scale: float = 100.0) -> lis
                 r0 = row.iloc[0]
                 verdict = (f"difference {r0['diff']:+.2f} points [{r0['low']:+.2f}, {r0['high']:+.2f}], "
                            + ("significant" if r0["significant"] else "not significant") + " after BH adjustment")
-                paired = str(r0.get("seeds", "")).split(", ")
-                if "seeds" in r0 and not len(paired) == int(ce0["n"]) == int(best["n"]):
+                if "n_seeds" in r0 and not int(r0["n_seeds"]) == int(ce0["n"]) == int(best["n"]):
                     # the means above are over unequal seed sets: say which runs the difference is of
-                    verdict = (f"paired on the seed{'s' if len(paired) > 1 else ''} both have ({r0['seeds']}; CE "
+                    verdict = (f"paired on the seed{'s' if r0['n_seeds'] > 1 else ''} both have ({r0['seeds']}; CE "
                                f"{r0['baseline_mean']:.2f} % there), {verdict}")
                 verdict = "; " + verdict
             ce_spread = f" (± {ce0['std']:.2f} over {int(ce0['n'])} seeds)" if ce0["n"] > 1 else ""
@@ -94,7 +93,7 @@ def against_ce_summary(df: pd.DataFrame, keys: dict[str, str], scale: float = 10
         best = cmp.loc[cmp["diff"].idxmax()]
         ce_runs = df[df["method"] == "ce"][key].dropna()
         ce = f"{ce_runs.mean() * scale:.2f} %"
-        if any(len(str(x).split(", ")) != len(ce_runs) for x in cmp.get("seeds", [])):
+        if (cmp.get("n_seeds", pd.Series(dtype=int)) != len(ce_runs)).any():
             # some method has fewer seeds than CE: its difference is with CE's runs of its own seeds
             ce += f", mean of {len(ce_runs)} seeds; each method is paired with CE on the seeds both have"
         covers = best["how"] + ("; with one seed an interval covers the test images' sampling, not the seed"

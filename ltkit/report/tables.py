@@ -201,7 +201,7 @@ def compare_to_baseline(df: pd.DataFrame, key: str, by: list[str], baseline: str
             else:
                 continue
             rows.append({**dict(zip(by, grp if isinstance(grp, tuple) else (grp,), strict=True)), "method": method, **r,
-                         "seeds": ", ".join(str(s) for s in seeds),
+                         "seeds": ", ".join(str(s) for s in seeds), "n_seeds": len(seeds),
                          "baseline_mean": float(base.loc[seeds, key].mean()) * scale,
                          "method_mean": float(gm.loc[seeds, key].mean()) * scale})
     out = pd.DataFrame(rows)
