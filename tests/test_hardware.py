@@ -101,6 +101,21 @@ def test_bf16_is_part_of_the_identity_and_the_campaign_fingerprints_are_pinned()
     assert {r.fingerprint() for r in grid.runs}.isdisjoint({r.fingerprint() for r in fp32.runs})
 
 
+def test_a_number_written_as_int_or_float_is_one_run():
+    """``imb_factor: 100.0`` in a notebook's parameter cell or ``--set`` is the committed CE run (grid files write 100,
+    the protocol's ``test_imb_factor`` default is 100.0): same fingerprint, so it is found done, not trained again."""
+    ce = {"protocol": "cao2019", "dataset": "cifar100", "model": "resnet32", "loss": "ce", "seed": 0, "precision": "bf16"}
+    pinned = CAMPAIGN["ce"]
+    assert make_config(ce, imb_factor=100).fingerprint() == pinned
+    for written in ({"imb_factor": 100.0}, {"test_imb_factor": 100}, {"lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4},
+                    {"imb_factor": 100.0, "test_imb_factor": 100, "lr_decay": 0.01}):
+        assert make_config(ce, **{"imb_factor": 100, **written}).fingerprint() == pinned, written
+    for other in ({"imb_factor": 100.5}, {"test_imb_factor": 50}, {"lr": 0.2}):  # other values stay other runs
+        assert make_config(ce, **{"imb_factor": 100, **other}).fingerprint() != pinned, other
+    grid = load_grid("configs/cao2019-cifar100-if100.yaml", {"precision": "bf16", "imb_factor": 100.0})
+    assert {r.method: r.fingerprint() for r in grid.runs if r.seed == 0 and r.method in CAMPAIGN} == CAMPAIGN
+
+
 def test_bf16_cpu_training_stays_close_to_fp32(tiny_cfg):
     """ResNet-32, 4 SGD steps (lr 0.1 after warm-up's first step, batch 128) from the same initial weights and
     batches: bf16 autocast + channels_last against fp32. Stated tolerance: all parameters together within 10%

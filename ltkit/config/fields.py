@@ -33,6 +33,12 @@ CLASSIFIERS = ("linear", "cosine")
 # fingerprint it had before the field existed (fp32 is what every CPU run did before precision was a setting).
 LEGACY_DEFAULTS: dict[str, Any] = {"precision": "fp32", "subset_seed": 0}
 
+# How a number field is written in a run's identity, so that ``100`` and ``100.0`` name one run (YAML, a notebook's
+# parameter cell and ``--set`` write either). The forms are the ones every recorded run already has: the grid files
+# write the imbalance factor as an integer (``imb_factor: 100``), the protocol defaults are floats (``lr: 0.1``,
+# ``test_imb_factor: 100.0``); a number field not named here is a float.
+INTEGRAL_AS_INT = frozenset({"imb_factor"})
+
 
 # Roles (field metadata): what a field is for.
 IDENTITY = "identity"  # determines the trained weights: in the fingerprint, equal within a pack
@@ -133,7 +139,7 @@ class RunConfig:
         """Hash of what determines the trained weights (the identity and per-run fields; not where it ran
         or what it reports). A field added later, at the value every earlier run had
         (:data:`LEGACY_DEFAULTS`), is left out, so those runs keep their fingerprint."""
-        d = {k: v for k, v in self.to_dict().items() if role(k) in (IDENTITY, PER_RUN)}
+        d = {k: canonical_number(k, v) for k, v in self.to_dict().items() if role(k) in (IDENTITY, PER_RUN)}
         for k, legacy in LEGACY_DEFAULTS.items():
             if d.get(k) == legacy:
                 d.pop(k)
@@ -148,10 +154,21 @@ def role(name: str) -> str:
     return FIELDS[name].metadata.get("role", IDENTITY)
 
 
+def canonical_number(name: str, value: Any) -> Any:
+    """``value`` of field ``name`` in the one form a run's identity writes it (:data:`INTEGRAL_AS_INT`): a float field's
+    integral value as an ``int`` for the imbalance factor, every other float field's value as a ``float``. Anything
+    else (a string, None, an integer field, the nested ``*_params`` mappings) is returned as it is."""
+    if "float" not in str(FIELDS[name].type) or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if name in INTEGRAL_AS_INT:
+        return int(value) if float(value).is_integer() else float(value)
+    return float(value)
+
+
 def pack_key(cfg: RunConfig) -> str:
     """Runs with equal keys can be trained as one packed model (:mod:`ltkit.training.packed`): the same data,
     model, recipe, length and placement; they may differ in their per-run and reporting fields."""
-    return repr(sorted((k, v) for k, v in cfg.to_dict().items() if role(k) in (IDENTITY, PLACEMENT)))
+    return repr(sorted((k, canonical_number(k, v)) for k, v in cfg.to_dict().items() if role(k) in (IDENTITY, PLACEMENT)))
 
 
 def data_tag(dataset: str, imb_factor: float, imb_type: str = "exp") -> str:
