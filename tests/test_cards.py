@@ -169,6 +169,26 @@ def test_a_run_without_a_notebook_gets_a_page_with_its_card(tmp_path):
     assert "epochs | 2 (paper: 90)" in text  # a check, not the thesis's recipe: the card says so
 
 
+def test_a_run_still_training_gets_no_page_and_its_card_claims_nothing(tmp_path):
+    """Mid-campaign, a run folder holds only the spend of its interrupted launches (no provenance yet): `make book`
+    must not make it a page whose card invents a recipe ("IF 0", "fp32 (before the setting existed)")."""
+    from ltkit import report
+    from ltkit.report.cards import card_markdown
+    from ltkit.runs.records import record_spend
+
+    d = tmp_path / "results" / "cao2019" / "cifar100_exp100" / "resnet32" / "ce" / "seed2"
+    d.mkdir(parents=True)
+    record_spend(d, {"outcome": "interrupted", "seconds": 1307.0, "end": "2026-12-02T11:21:00+0000", "threads": 1,
+                     "cores": 2, "gpus": 0, "device": "Intel(R) Xeon(R) Processor"})
+    card = card_markdown(d)
+    assert "not finished: no provenance.json yet" in card and "interrupted 0:21:47" in card
+    for invented in ("IF 0", "before the setting existed", "like-with-like", "None"):
+        assert invented not in card, invented
+    index = report.stage_runs(tmp_path / "results", dest=tmp_path / "p", static=tmp_path / "s")
+    (row,) = index.to_dict("records")
+    assert row["status"] == "missing" and row["page"] is None and not list((tmp_path / "p").glob("cao2019*.ipynb"))
+
+
 def test_launches_before_spend_was_recorded_count_from_the_history(tmp_path):
     """A campaign run resumed across code versions: launches 1-2 ended before attempts were recorded, launch 3
     was recorded; its compute counts the first two from their epoch times, never twice."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..core.io import atomic_write_text, stat_digest
-from ..core.layout import EXECUTED_NOTEBOOK, METRICS, REPO, parse_run_dir
+from ..core.layout import EXECUTED_NOTEBOOK, METRICS, PROVENANCE, REPO, parse_run_dir
 from ..metrics import HEADLINE
 from ..runs.status import resolve_alias
 from .collect import collect, results_root
@@ -99,7 +99,8 @@ def stage_runs(root: str | Path | None = None, dest: Path = RUNS_DIR, static: Pa
             put_card(book_nb, card)
             nbformat.write(book_nb, str(dest / f"{slug}.ipynb"))
             entry["page"] = slug
-        elif card:  # a run recorded without a notebook (the pipeline check): its page is its card
+        elif card and (src / PROVENANCE).exists():  # recorded without a notebook (the pipeline check): its card
+            # is its page; a folder holding only the spend of unfinished attempts gets no page (its row says "missing")
             page = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(title + "\n\nThis run was recorded "
                                                                                  "without an executed notebook.")])
             put_card(page, card)

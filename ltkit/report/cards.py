@@ -58,6 +58,11 @@ def run_card(run_dir: str | Path) -> dict[str, list[tuple[str, Any]]]:
 
     run_dir = resolve_alias(Path(run_dir))
     prov, m = read_json_or_empty(run_dir / PROVENANCE), load_metrics(run_dir) or read_json_or_empty(run_dir / METRICS)
+    if not prov:  # training, interrupted or failed before its record: say what was spent, claim nothing else
+        spend = attempts(run_dir)
+        return {"status": [("record", "not finished: no provenance.json yet (training, interrupted or failed)")],
+                "made on": [("attempts", ", ".join(f"{a['outcome']} {_hms(a.get('seconds'))}" for a in spend) or None),
+                            ("device-hours, all attempts", round(sum(device_hours(a) for a in spend), 3))]}
     p, ds = prov.get("parameters") or {}, prov.get("dataset") or {}
     meta, sizes = ds.get("meta") or {}, ds.get("sizes") or {}
     card: dict[str, list[tuple[str, Any]]] = {}
