@@ -36,7 +36,8 @@ LEGACY_DEFAULTS: dict[str, Any] = {"precision": "fp32", "subset_seed": 0}
 # How a number field is written in a run's identity, so that ``100`` and ``100.0`` name one run (YAML, a notebook's
 # parameter cell and ``--set`` write either). The forms are the ones every recorded run already has: the grid files
 # write the imbalance factor as an integer (``imb_factor: 100``), the protocol defaults are floats (``lr: 0.1``,
-# ``test_imb_factor: 100.0``); a number field not named here is a float.
+# ``test_imb_factor: 100.0``); a number field not named here is a float. The one exception: configs/thesis.yaml wrote
+# ``test_imb_factor: 100``, so its runs' fingerprints moved with this rule (no thesis-grid run was recorded by then).
 INTEGRAL_AS_INT = frozenset({"imb_factor"})
 
 

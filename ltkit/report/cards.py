@@ -61,7 +61,8 @@ def run_card(run_dir: str | Path) -> dict[str, list[tuple[str, Any]]]:
     if not prov:  # training, interrupted or failed before its record: say what was spent, claim nothing else
         spend = attempts(run_dir)
         return {"status": [("record", "not finished: no provenance.json yet (training, interrupted or failed)")],
-                "made on": [("attempts", ", ".join(f"{a['outcome']} {_hms(a.get('seconds'))}" for a in spend) or None),
+                "made on": [("attempts", ", ".join(f"{a['outcome']} {_hms(a.get('seconds'))}" for a in spend)
+                             or "none recorded"),
                             ("device-hours, all attempts", round(sum(device_hours(a) for a in spend), 3))]}
     p, ds = prov.get("parameters") or {}, prov.get("dataset") or {}
     meta, sizes = ds.get("meta") or {}, ds.get("sizes") or {}
