@@ -148,6 +148,7 @@ class RunConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+FLOAT_FIELDS = frozenset(n for n, f in FIELDS.items() if "float" in str(f.type))  # imb_factor, lr, momentum, ...
 
 
 def role(name: str) -> str:
@@ -159,7 +160,7 @@ def canonical_number(name: str, value: Any) -> Any:
     """``value`` of field ``name`` in the one form a run's identity writes it (:data:`INTEGRAL_AS_INT`): a float field's
     integral value as an ``int`` for the imbalance factor, every other float field's value as a ``float``. Anything
     else (a string, None, an integer field, the nested ``*_params`` mappings) is returned as it is."""
-    if "float" not in str(FIELDS[name].type) or isinstance(value, bool) or not isinstance(value, (int, float)):
+    if name not in FLOAT_FIELDS or isinstance(value, bool) or not isinstance(value, (int, float)):
         return value
     if name in INTEGRAL_AS_INT:
         return int(value) if float(value).is_integer() else float(value)

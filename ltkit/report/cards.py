@@ -59,11 +59,9 @@ def run_card(run_dir: str | Path) -> dict[str, list[tuple[str, Any]]]:
     run_dir = resolve_alias(Path(run_dir))
     prov, m = read_json_or_empty(run_dir / PROVENANCE), load_metrics(run_dir) or read_json_or_empty(run_dir / METRICS)
     if not prov:  # training, interrupted or failed before its record: say what was spent, claim nothing else
-        spend = attempts(run_dir)
+        attempts_row, hours_row = _spend_rows(run_dir)
         return {"status": [("record", "not finished: no provenance.json yet (training, interrupted or failed)")],
-                "made on": [("attempts", ", ".join(f"{a['outcome']} {_hms(a.get('seconds'))}" for a in spend)
-                             or "none recorded"),
-                            ("device-hours, all attempts", round(sum(device_hours(a) for a in spend), 3))]}
+                "made on": [(attempts_row[0], attempts_row[1] or "none recorded"), hours_row]}
     p, ds = prov.get("parameters") or {}, prov.get("dataset") or {}
     meta, sizes = ds.get("meta") or {}, ds.get("sizes") or {}
     card: dict[str, list[tuple[str, Any]]] = {}
@@ -102,7 +100,6 @@ def run_card(run_dir: str | Path) -> dict[str, list[tuple[str, Any]]]:
                                          or [("differences", f"none: like-with-like with {paper}")])
     card["seeds"] = [("seed (initial weights, sampler, augmentation)", p.get("seed")),
                      ("subset seed", p.get("subset_seed", 0)), ("split seed", p.get("split_seed"))]
-    spend = attempts(run_dir)
     git = prov.get("git") or {}
     threads = prov.get("threads")
     card["made on"] = [("device", prov.get("device_name")), ("CPU", prov.get("cpu_model")),
@@ -112,8 +109,7 @@ def run_card(run_dir: str | Path) -> dict[str, list[tuple[str, Any]]]:
                        ("package lock SHA256", (prov.get("lock_sha256") or "")[:16] or None),
                        ("commit", _commit(git)),
                        ("finished", prov.get("end")), ("wall time (last launch)", _hms(prov.get("wall_seconds"))),
-                       ("attempts", ", ".join(f"{a['outcome']} {_hms(a.get('seconds'))}" for a in spend) or None),
-                       ("device-hours, all attempts", round(sum(device_hours(a) for a in spend), 3))]
+                       *_spend_rows(run_dir)]
     ci = (m.get(f"{HEADLINE}_ci_low"), m.get(f"{HEADLINE}_ci_high"))
     card["numbers"] = [("balanced top-1, selected epoch " + str(m.get("selected_epoch")),
                         _pct(m.get(HEADLINE)) + (f" [{_pct(ci[0])}, {_pct(ci[1])}] 95% CI" if None not in ci else "")),
@@ -121,6 +117,14 @@ def run_card(run_dir: str | Path) -> dict[str, list[tuple[str, Any]]]:
                         _pct(m.get(BEST_EPOCH_ON_TEST)) + (f" at epoch {m['best_epoch_on_test']}"
                                                            if "best_epoch_on_test" in m else ""))]
     return {k: [(f, v) for f, v in rows if v not in (None, "", "None")] for k, rows in card.items()}
+
+
+def _spend_rows(run_dir: Path) -> list[tuple[str, Any]]:
+    """The card's two rows on what a run cost: its attempts (outcome and duration; None where none is recorded)
+    and the device-hours of them all."""
+    spend = attempts(run_dir)
+    return [("attempts", ", ".join(f"{a['outcome']} {_hms(a.get('seconds'))}" for a in spend) or None),
+            ("device-hours, all attempts", round(sum(device_hours(a) for a in spend), 3))]
 
 
 def _subset_digest(p: dict) -> str | None:
