@@ -89,7 +89,8 @@ def stage_runs(root: str | Path | None = None, dest: Path = RUNS_DIR, static: Pa
         entry["files_of"] = slug
         nb = src / EXECUTED_NOTEBOOK
         title = f"# Run {row['protocol']} / {row['data']} / {row['model']} / {row['method']} / seed {row['seed']}"
-        card = _card(src)
+        recorded = nb.exists() or (src / PROVENANCE).exists()
+        card = _card(src) if recorded else None  # a folder of unfinished attempts only: no page, so no card
         if nb.exists():
             book_nb = nbformat.read(str(nb), as_version=4)
             first = next((c for c in book_nb.cells if c.cell_type == "markdown"), None)
@@ -99,7 +100,7 @@ def stage_runs(root: str | Path | None = None, dest: Path = RUNS_DIR, static: Pa
             put_card(book_nb, card)
             nbformat.write(book_nb, str(dest / f"{slug}.ipynb"))
             entry["page"] = slug
-        elif card and (src / PROVENANCE).exists():  # recorded without a notebook (the pipeline check): its card
+        elif card and recorded:  # recorded without a notebook (the pipeline check): its card
             # is its page; a folder holding only the spend of unfinished attempts gets no page (its row says "missing")
             page = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(title + "\n\nThis run was recorded "
                                                                                  "without an executed notebook.")])
