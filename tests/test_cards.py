@@ -189,6 +189,28 @@ def test_a_run_still_training_gets_no_page_and_its_card_claims_nothing(tmp_path)
     assert row["status"] == "missing" and row["page"] is None and not list((tmp_path / "p").glob("cao2019*.ipynb"))
 
 
+def test_each_attempt_records_the_commit_that_ran_it_and_the_card_shows_them(tmp_path, monkeypatch):
+    """A campaign run resumed across commits (CE seed 2: three launches, two commits): provenance names only the
+    last launch's commit, so each attempt records its own and the card lists them."""
+    from ltkit.grid.execute import attempt
+    from ltkit.report.cards import card_markdown
+    from ltkit.runs.records import record_spend
+
+    monkeypatch.setenv("LTKIT_GIT_COMMIT", "024b518" + "0" * 33)
+    first = attempt("interrupted", "2026-12-02T12:02:46+0000", 9665.2, {"OMP_NUM_THREADS": "1"})
+    assert first["commit"] == "024b518" + "0" * 33 and first["threads"] == 1
+    monkeypatch.delenv("LTKIT_GIT_COMMIT")
+    here = attempt("done", "2026-12-02T15:34:05+0000", 1035.0, {})
+    assert here["commit"] == "unknown" or len(here["commit"]) == 40  # this checkout's HEAD (or no git here)
+    d = tmp_path / "seed2"
+    d.mkdir()
+    for a in (first, {**here, "commit": "11d4265" + "0" * 33, "dirty": True}, {**here, "commit": "unknown"}):
+        record_spend(d, a)
+    card = card_markdown(d)
+    assert "interrupted 2:41:05 at 024b518," in card and "done 0:17:15 at 11d4265-dirty," in card
+    assert "at unknown" not in card and card.count("done 0:17:15") == 2
+
+
 def test_launches_before_spend_was_recorded_count_from_the_history(tmp_path):
     """A campaign run resumed across code versions: launches 1-2 ended before attempts were recorded, launch 3
     was recorded; its compute counts the first two from their epoch times, never twice."""

@@ -43,6 +43,7 @@ from ..core.layout import (
     RUNNER_LOCK,
     TRAIN_LOCK,
 )
+from ..runs.provenance import git_commit
 from ..runs.records import record_failure, record_spend
 from ..runs.status import Status, load_metrics, mark_complete, notebook_error, read_notebook, run_status
 from .plan import FORCED_ATTEMPT, FORCED_OUTPUT, Outcome, forced_attempt
@@ -128,14 +129,16 @@ def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, f
 
 def attempt(outcome: str, start: str, seconds: float, env: dict[str, str] | None, forced: bool = False,
             shared_by: int = 1) -> dict[str, Any]:
-    """One attempt's spend entry: where it ran (the threads or GPU the runner gave it) and for how long."""
+    """One attempt's spend entry: where it ran (the threads or GPU the runner gave it), for how long, and from
+    which commit (a run resumed across launches may span several: provenance records only the last)."""
     env = env or {}
     gpu = env.get("CUDA_VISIBLE_DEVICES")
     threads = env.get("OMP_NUM_THREADS")
     return {"outcome": outcome, "forced": forced, "start": start, "end": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(seconds / shared_by, 2), "shared_by": shared_by,
             "device": (gpu_model(gpu) or f"cuda:{gpu}") if gpu else cpu_model(), "gpus": 1 if gpu else 0,
-            "threads": int(threads) if threads and threads.isdigit() else None, "cores": cores()}
+            "threads": int(threads) if threads and threads.isdigit() else None, "cores": cores(),
+            **{k: v for k, v in git_commit(REPO).items() if k in ("commit", "dirty")}}
 
 
 def _execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, force: bool = False) -> str:

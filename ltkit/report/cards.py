@@ -120,10 +120,15 @@ def run_card(run_dir: str | Path) -> dict[str, list[tuple[str, Any]]]:
 
 
 def _spend_rows(run_dir: Path) -> list[tuple[str, Any]]:
-    """The card's two rows on what a run cost: its attempts (outcome and duration; None where none is recorded)
-    and the device-hours of them all."""
+    """The card's two rows on what a run cost: its attempts (outcome, duration and, where recorded, the commit
+    that ran it: a resumed run may span commits; None where no attempt is recorded) and the device-hours of them all."""
     spend = attempts(run_dir)
-    return [("attempts", ", ".join(f"{a['outcome']} {_hms(a.get('seconds'))}" for a in spend) or None),
+
+    def at(a: dict) -> str:
+        sha = a.get("commit")
+        return f" at {sha[:7]}{'-dirty' if a.get('dirty') else ''}" if isinstance(sha, str) and sha != "unknown" else ""
+
+    return [("attempts", ", ".join(f"{a['outcome']} {_hms(a.get('seconds'))}{at(a)}" for a in spend) or None),
             ("device-hours, all attempts", round(sum(device_hours(a) for a in spend), 3))]
 
 
