@@ -100,7 +100,7 @@ def stage_runs(root: str | Path | None = None, dest: Path = RUNS_DIR, static: Pa
             put_card(book_nb, card)
             nbformat.write(book_nb, str(dest / f"{slug}.ipynb"))
             entry["page"] = slug
-        elif card and recorded:  # recorded without a notebook (the pipeline check): its card
+        elif card:  # recorded without a notebook (the pipeline check): its card
             # is its page; a folder holding only the spend of unfinished attempts gets no page (its row says "missing")
             page = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(title + "\n\nThis run was recorded "
                                                                                  "without an executed notebook.")])

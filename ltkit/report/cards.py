@@ -126,7 +126,7 @@ def _spend_rows(run_dir: Path) -> list[tuple[str, Any]]:
 
     def at(a: dict) -> str:
         sha = a.get("commit")
-        return f" at {sha[:7]}{'-dirty' if a.get('dirty') else ''}" if isinstance(sha, str) and sha != "unknown" else ""
+        return f" at {sha[:7]}{'-dirty' if a.get('dirty') else ''}" if _is_sha(sha) else ""
 
     return [("attempts", ", ".join(f"{a['outcome']} {_hms(a.get('seconds'))}{at(a)}" for a in spend) or None),
             ("device-hours, all attempts", round(sum(device_hours(a) for a in spend), 3))]
@@ -149,9 +149,14 @@ def _subset_digest(p: dict) -> str | None:
         return None
 
 
+def _is_sha(sha: object) -> bool:
+    """A full commit SHA (not 'unknown', nor the 'HEAD' an old pipeline check recorded)."""
+    return isinstance(sha, str) and len(sha) == 40 and all(c in "0123456789abcdef" for c in sha)
+
+
 def _commit(git: dict) -> str:
     sha = git.get("commit") or "unknown"
-    if not (len(sha) == 40 and all(c in "0123456789abcdef" for c in sha)):
+    if not _is_sha(sha):
         return f"unknown (recorded as {sha!r})" if sha != "unknown" else "unknown"
     return sha[:12] + (" (with uncommitted changes to ltkit/)" if git.get("dirty") else "")
 
