@@ -42,7 +42,7 @@ def test_book_builds_from_fresh_demo_results(tmp_path):
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(thesis))
     g = load_grid(path)
-    summary = run_grid(g, stagger=0.2, jobs=2)
+    summary = run_grid(g, stagger=0.2, jobs=2, threads=1)  # 2 runs x 1 thread: fits 2 cores whatever OMP_NUM_THREADS says
     assert len(summary["done"]) == 6 and len(summary["aliased"]) == 2 and not summary["failed"], summary
     shutil.rmtree(g.ckpt_root, ignore_errors=True)
     # the demo runs use the cao2019 protocol: let the CIFAR-LT chapter read them too

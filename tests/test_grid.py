@@ -190,7 +190,7 @@ def test_shipped_cao2019_grid_runs_end_to_end_tiny(name, tmp_path):
     g.name = f"{name}-tiny-{abs(hash(str(tmp_path))) % 10**6}"
     g.runs = [r for r in g.runs if r.seed == 0]
     try:
-        summary = run_grid(g, jobs=2, stagger=0.2)
+        summary = run_grid(g, jobs=2, threads=1, stagger=0.2)  # whatever OMP_NUM_THREADS the user exported
     finally:
         shutil.rmtree(g.ckpt_root, ignore_errors=True)
     assert not summary["failed"], summary["failed"]
