@@ -280,6 +280,9 @@ def _campaign(args: argparse.Namespace) -> int:
             if st.get("uncommitted_left_out") and not st.get("already_running"):
                 print("note: uncommitted changes in ltkit/, notebooks/ or configs/ are not in the campaign (it trains "
                       "from the commit)", file=sys.stderr)
+            if st.get("without_data") and not st.get("already_running"):
+                print(f"note: {len(st['without_data'])} run(s) of the queue will fail when reached, their data not "
+                      f"under {st['data']}: {', '.join(st['without_data'])}", file=sys.stderr)
             return 0
         camp = campaign.load_campaign(args.campaign)
         if not (args.home and args.jobs and args.threads):

@@ -115,6 +115,40 @@ def test_start_refuses_what_it_could_not_train_and_knows_its_own_process(tmp_pat
         other.wait()
 
 
+def test_start_hands_the_runs_the_checkouts_data_and_refuses_a_queue_that_has_none(tmp_path, monkeypatch):
+    """`ltkit campaign start` without the Makefile's LTKIT_DATA: the runs execute in the worktree, whose data/ is
+    not the checkout's, and every run of the queue failed in seconds, one after another, for want of data. Start
+    now hands the runs the checkout's data/ (or LTKIT_DATA, made absolute); a queue none of whose runs left can find
+    its data is refused before anything starts, and the runs of a mixed queue that will fail are named."""
+    repo = _clone(tmp_path, epochs=2)
+    monkeypatch.delenv("LTKIT_DATA", raising=False)
+    assert campaign.data_root(repo) == (repo / "data").resolve()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LTKIT_DATA", "mine")
+    assert campaign.data_root(repo) == tmp_path / "mine"
+    grid = yaml.safe_load((repo / "configs" / "tiny-grid.yaml").read_text())
+    grid.update(name="tinycifar", results="results/tinycifar")
+    grid["base"].pop("source_params")
+    grid["base"]["dataset"] = "cifar100"
+    (repo / "configs" / "cifar-grid.yaml").write_text(yaml.safe_dump(grid))
+    cifar = {"grid": "cifar-grid.yaml", "methods": ["ce"], "seeds": [0]}
+    (repo / "configs" / "only-campaign.yaml").write_text(yaml.safe_dump({"name": "only", "queue": [cifar]}))
+    (repo / "configs" / "both-campaign.yaml").write_text(yaml.safe_dump(
+        {"name": "both", "queue": [cifar, {"grid": "tiny-grid.yaml", "methods": ["ce"], "seeds": [0]}]}))
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "cifar campaign"], check=True)
+    empty = tmp_path / "empty"
+    monkeypatch.setenv("LTKIT_DATA", str(empty))
+    with pytest.raises(ConfigError, match=r"campaign configs/only-campaign\.yaml: none of its 1 run\(s\) left can start: "
+                                          r"cifar100: no data under .*empty"):
+        campaign.start(repo / "configs" / "only-campaign.yaml", repo=repo)
+    assert not (repo / ".campaign" / "src").exists()  # refused before the worktree
+    both = campaign.load_campaign(repo / "configs" / "both-campaign.yaml")
+    missing = campaign.without_data(both, repo, empty)
+    assert list(missing) == ["cifar-grid:ce:seed0"] and "no data under" in missing["cifar-grid:ce:seed0"]
+
+
 @pytest.mark.slow
 def test_campaign_trains_from_its_commit_in_priority_order(tmp_path):
     repo = _clone(tmp_path, epochs=2)
@@ -124,6 +158,8 @@ def test_campaign_trains_from_its_commit_in_priority_order(tmp_path):
         # an edit in the working tree after the start must not reach the runs: break the training loop here
         (repo / "ltkit" / "training" / "loop.py").write_text("raise RuntimeError('edited working tree')\n")
         assert st["commit"] == sha and st["jobs"] == 1 and st["threads"] == 1
+        driver_env = Path(f"/proc/{st['pid']}/environ").read_bytes().split(b"\0")
+        assert f"LTKIT_DATA={st['data']}".encode() in driver_env and st["without_data"] == {}
         again = campaign.start(repo / "configs" / "tiny-campaign.yaml", repo=repo)
         assert again["already_running"] and again["pid"] == st["pid"]
         _wait(lambda: not campaign._alive(st["pid"]), 240, "the campaign to finish")

@@ -12,6 +12,8 @@ from there, so edits in the working tree never change a run in flight and every 
 names that commit. Results go to the main checkout's ``results/``; checkpoints to its
 ``checkpoints/`` (``LTKIT_CHECKPOINTS``), so a campaign started again, after a stop or a restart of
 the machine, resumes each run from its last epoch (or starts it again where the checkpoints are gone).
+The runs look for their data where the checkout does (``LTKIT_DATA``, else its ``data/``), not in the
+worktree; ``start`` refuses a queue none of whose runs left could find it.
 
 Each queue entry is trained by ``ltkit grid run <grid> --only <method> --seeds <seed>`` in a child
 process (locks, papermill, resume, provenance: all the grid's); a stage-two run waits until the
@@ -37,7 +39,7 @@ from ..core.hardware import NICE_ENV, cpu_plan, lower_priority
 from ..core.io import atomic_write_json, read_json, yaml_load
 from ..core.layout import PROGRESS, REPO
 from ..runs.status import Status, load_metrics
-from .plan import plan, progress
+from .plan import plan, preflight, progress
 from .processes import prepare_child
 from .spec import Grid, load_grid
 
@@ -159,6 +161,36 @@ def item_states(camp: Campaign, home: Path | None = None) -> list[tuple[Item, st
             out.append((item, "waiting", f"for {cfg.stage1} seed {item.seed}"))
         else:
             out.append((item, "queued", ""))
+    return out
+
+
+def data_root(repo: Path) -> Path:
+    """Where the campaign's runs look for their data: ``LTKIT_DATA`` if set, else ``repo``'s ``data/``.
+
+    Absolute, and handed to the driver: its runs execute in the worktree, whose own ``data/`` (and
+    ``../shared``) is not the checkout's, so the default would otherwise point at an empty folder."""
+    return Path(os.environ.get("LTKIT_DATA") or repo / "data").resolve()
+
+
+def without_data(camp: Campaign, repo: Path, root: Path) -> dict[str, str]:
+    """{item name: what is missing} for the items not yet done whose data (or pretrained weights) are not at
+    hand under ``root``: each would only fail once the campaign reached it."""
+    grids = _grids(camp, repo)
+    checked: dict[tuple, str] = {}
+    out = {}
+    for item, st, _ in item_states(camp, repo):
+        if st == "done":
+            continue
+        cfg = _cfg(grids[item.grid], item)
+        key = (cfg.dataset, cfg.data_root, json.dumps(cfg.source_params, sort_keys=True), cfg.pretrained and cfg.model)
+        if key not in checked:
+            try:
+                preflight([cfg], root)
+                checked[key] = ""
+            except ConfigError as exc:
+                checked[key] = str(exc).removeprefix("cannot start the grid: ")
+        if checked[key]:
+            out[item.name] = checked[key]
     return out
 
 
@@ -371,6 +403,11 @@ def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = Non
         jobs, threads = cpu_plan(jobs or camp.jobs, threads or camp.threads)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    root = data_root(repo)
+    missing = without_data(camp, repo, root)
+    todo = [i for i, st, _ in item_states(camp, repo) if st != "done"]
+    if todo and len(missing) == len(todo):
+        raise ConfigError(f"campaign {rel}: none of its {len(todo)} run(s) left can start: {missing[todo[0].name]}")
     sha = _git(repo, "rev-parse", "--verify", commit or "HEAD")
     for f in [rel, *sorted({Path(os.path.normpath(rel.parent / i.grid)) for i in camp.queue})]:  # the worktree's
         if subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{sha}:{f.as_posix()}"],
@@ -380,7 +417,7 @@ def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = Non
     src = prepare_worktree(repo, sha)
     log = state_dir(repo) / "campaign.log"
     env = {**os.environ, "PYTHONPATH": str(src), "LTKIT_CHECKPOINTS": str(repo / "checkpoints"),
-           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), NICE_ENV: str(NICE)}
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), NICE_ENV: str(NICE), "LTKIT_DATA": str(root)}
     env.pop("LTKIT_GIT_COMMIT", None)  # the worktree's own commit is the truth
     cmd = [sys.executable, "-m", "ltkit.cli", "--log-level", log_level, "campaign", "run", str(src / rel),
            "--home", str(repo), "--jobs", str(jobs), "--threads", str(threads)]
@@ -392,7 +429,7 @@ def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = Non
     state = {"pid": proc.pid, "pid_started": _started_ticks(proc.pid), "commit": sha, "campaign": str(rel),
              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "jobs": jobs, "threads": threads, "log": str(log), "worktree": str(src),
-             "uncommitted_left_out": bool(dirty)}
+             "uncommitted_left_out": bool(dirty), "data": str(root), "without_data": missing}
     atomic_write_json(state_dir(repo) / "state.json", state)
     return state
 

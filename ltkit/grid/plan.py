@@ -31,19 +31,20 @@ from ..training.procedures import PROCEDURES
 from .spec import Grid
 
 
-def preflight(runs: list[RunConfig]) -> None:
+def preflight(runs: list[RunConfig], data_root: str | Path | None = None) -> None:
     """Check each distinct data source and pretrained backbone once, before any run starts.
 
     Offline, a thesis grid would otherwise start papermill, a kernel and the data for each of its
     runs before failing on the weights (about an hour for the whole grid); here it stops in seconds
-    with one message that says what is missing and how to provide it.
+    with one message that says what is missing and how to provide it. ``data_root``: where a run
+    without its own ``data_root`` will look (default: ``LTKIT_DATA``, else this checkout's ``data/``).
     """
 
     problems = []
     for key in sorted({(r.dataset, r.data_root, json.dumps(r.source_params, sort_keys=True)) for r in runs}):
         dataset, root, params = key
         try:
-            load_pool(dataset, root=root, **json.loads(params))
+            load_pool(dataset, root=root or data_root, **json.loads(params))
         except (DataError, OSError, ValueError) as exc:
             problems.append(str(exc).splitlines()[0])
     for model in sorted({r.model for r in runs if r.pretrained}):
