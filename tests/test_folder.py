@@ -143,3 +143,34 @@ def test_folder_truncated_cache_is_rebuilt_and_bomb_skipped(tmp_path, monkeypatc
     with pytest.warns(UserWarning, match="unreadable.*decoding the images again"):
         x2, y2, _, _ = decode_folder(root, 8, progress=False)
     assert np.array_equal(x, x2)
+
+
+def test_a_grid_with_a_relative_data_root_trains_its_notebook_on_that_folder(tmp_path, monkeypatch):
+    """A grid's relative data_root is the repository's, like its 'results', whatever the caller's directory, and
+    the notebook gets it absolute. Before, the data check found the folder from the caller's directory, then the
+    notebook (which runs in notebooks/) looked for it there and every run failed."""
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    from ltkit.grid.executors import run_grid
+    from ltkit.grid.spec import load_grid
+
+    repo = Path(__file__).resolve().parents[1]
+    root = make_folder(tmp_path / "moths")
+    grid = {"name": "relroot", "results": str(tmp_path / "res"), "seeds": [0], "methods": ["ce"],
+            "base": {"protocol": "natural", "dataset": "folder", "data_root": os.path.relpath(root, repo),
+                     "model": "tiny_cnn", "epochs": 1, "image_size": 16, "pretrained": False, "bootstrap": 20,
+                     "precision": "fp32", "source_params": {"image_size": 16}}}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(grid))
+    monkeypatch.chdir(tmp_path)  # not the repository
+    g = load_grid(tmp_path / "g.yaml")
+    assert g.runs[0].data_root == str(root) and g.runs[0].run_path() == "natural/moths_natural/tiny_cnn/ce/seed0"
+    try:
+        summary = run_grid(g, stagger=0, jobs=1, threads=1)
+    finally:
+        import shutil
+
+        shutil.rmtree(g.ckpt_root, ignore_errors=True)
+    assert summary["done"] and not summary["failed"], summary

@@ -183,8 +183,9 @@ def _torchvision_pool(name: str, root: Path, download: bool, mean, std) -> Pool:
         raise DataError(
             f"{name}: no data under {root.resolve()} (looked for {root / name}/train.npz+test.npz+SHA256SUMS "
             f"and torchvision's files; download={'on' if download else 'off'}: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}). Provide the files and point --data-root or "
-            f"LTKIT_DATA at them, or allow the download on a machine with internet"
+            f"{str(exc).splitlines()[0] if str(exc) else ''}). Provide the files and point the run's data_root (a grid's "
+            f"data_root, or `ltkit grid run ... --set data_root=PATH`) or LTKIT_DATA at them, or allow the download "
+            f"on a machine with internet"
         ) from exc
     return Pool(name, list(tr.classes), np.asarray(tr.data), np.asarray(tr.targets, np.int64),
                 np.asarray(te.data), np.asarray(te.targets, np.int64), mean, std, origin="torchvision")

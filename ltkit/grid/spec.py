@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,9 @@ def grid_from_spec(spec: dict, overrides: dict | None = None, results: str | Pat
         for combo, m in itertools.product(itertools.product(*(axes[k] for k in keys)), methods):
             mdict = ({"procedure": m} if m in PROCEDURES else {"loss": m}) if isinstance(m, str) else dict(m)
             params = {**base, **dict(zip(keys, combo, strict=True)), **mdict, "seed": seed, **(overrides or {})}
+            if isinstance(params.get("data_root"), str) and not Path(params["data_root"]).is_absolute():
+                # like 'results': relative to the repository, made absolute here, since the notebook runs in notebooks/
+                params["data_root"] = os.path.abspath(REPO / params["data_root"])  # symlinks kept: a folder's tag
             try:
                 runs.append(make_config(params))
             except ConfigError as exc:
