@@ -145,7 +145,7 @@ def test_start_hands_the_runs_the_checkouts_data_and_refuses_a_queue_that_has_no
         campaign.start(repo / "configs" / "only-campaign.yaml", repo=repo)
     assert not (repo / ".campaign" / "src").exists()  # refused before the worktree
     both = campaign.load_campaign(repo / "configs" / "both-campaign.yaml")
-    missing = campaign.without_data(both, repo, empty)
+    missing = campaign.without_data(both, repo, empty, both.queue)  # nothing of it done yet
     assert list(missing) == ["cifar-grid:ce:seed0"] and "no data under" in missing["cifar-grid:ce:seed0"]
 
 

@@ -32,9 +32,9 @@ PARTIAL_NOTEBOOK = "train.partial.ipynb"
 NOTEBOOK_PARAMETERS = "parameters.yaml"
 
 
-def default_data_root() -> Path:
-    """``LTKIT_DATA`` if set, else the repository's ``data/`` folder (git-ignored)."""
-    return Path(os.environ.get("LTKIT_DATA", REPO / "data"))
+def default_data_root(repo: Path = REPO) -> Path:
+    """``LTKIT_DATA`` if set, else the repository's (``repo``'s) ``data/`` folder (git-ignored)."""
+    return Path(os.environ.get("LTKIT_DATA") or repo / "data")
 
 
 def checkpoints_root() -> Path:

@@ -37,9 +37,9 @@ from typing import Any
 from ..config.fields import ConfigError
 from ..core.hardware import NICE_ENV, cpu_plan, lower_priority
 from ..core.io import atomic_write_json, read_json, yaml_load
-from ..core.layout import PROGRESS, REPO
+from ..core.layout import PROGRESS, REPO, default_data_root
 from ..runs.status import Status, load_metrics
-from .plan import plan, preflight, progress
+from .plan import data_source, plan, preflight, progress
 from .processes import prepare_child
 from .spec import Grid, load_grid
 
@@ -169,20 +169,18 @@ def data_root(repo: Path) -> Path:
 
     Absolute, and handed to the driver: its runs execute in the worktree, whose own ``data/`` (and
     ``../shared``) is not the checkout's, so the default would otherwise point at an empty folder."""
-    return Path(os.environ.get("LTKIT_DATA") or repo / "data").resolve()
+    return default_data_root(repo).resolve()
 
 
-def without_data(camp: Campaign, repo: Path, root: Path) -> dict[str, str]:
-    """{item name: what is missing} for the items not yet done whose data (or pretrained weights) are not at
-    hand under ``root``: each would only fail once the campaign reached it."""
+def without_data(camp: Campaign, repo: Path, root: Path, items: list[Item]) -> dict[str, str]:
+    """{item name: what is missing} for those of ``items`` whose data (or pretrained weights) are not at hand
+    under ``root``: each would only fail once the campaign reached it."""
     grids = _grids(camp, repo)
     checked: dict[tuple, str] = {}
     out = {}
-    for item, st, _ in item_states(camp, repo):
-        if st == "done":
-            continue
+    for item in items:
         cfg = _cfg(grids[item.grid], item)
-        key = (cfg.dataset, cfg.data_root, json.dumps(cfg.source_params, sort_keys=True), cfg.pretrained and cfg.model)
+        key = (*data_source(cfg), cfg.pretrained and cfg.model)
         if key not in checked:
             try:
                 preflight([cfg], root)
@@ -404,8 +402,8 @@ def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = Non
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     root = data_root(repo)
-    missing = without_data(camp, repo, root)
     todo = [i for i, st, _ in item_states(camp, repo) if st != "done"]
+    missing = without_data(camp, repo, root, todo)
     if todo and len(missing) == len(todo):
         raise ConfigError(f"campaign {rel}: none of its {len(todo)} run(s) left can start: {missing[todo[0].name]}")
     sha = _git(repo, "rev-parse", "--verify", commit or "HEAD")

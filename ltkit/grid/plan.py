@@ -31,6 +31,11 @@ from ..training.procedures import PROCEDURES
 from .spec import Grid
 
 
+def data_source(r: RunConfig) -> tuple[str, str | None, str]:
+    """What a run's data load depends on (dataset, data_root, source parameters): one check per distinct one."""
+    return r.dataset, r.data_root, json.dumps(r.source_params, sort_keys=True)
+
+
 def preflight(runs: list[RunConfig], data_root: str | Path | None = None) -> None:
     """Check each distinct data source and pretrained backbone once, before any run starts.
 
@@ -41,7 +46,7 @@ def preflight(runs: list[RunConfig], data_root: str | Path | None = None) -> Non
     """
 
     problems = []
-    for key in sorted({(r.dataset, r.data_root, json.dumps(r.source_params, sort_keys=True)) for r in runs}):
+    for key in sorted({data_source(r) for r in runs}):
         dataset, root, params = key
         try:
             load_pool(dataset, root=root or data_root, **json.loads(params))
