@@ -149,6 +149,30 @@ def test_start_hands_the_runs_the_checkouts_data_and_refuses_a_queue_that_has_no
     assert list(missing) == ["cifar-grid:ce:seed0"] and "no data under" in missing["cifar-grid:ce:seed0"]
 
 
+def test_a_grids_relative_data_root_is_the_checkouts_not_the_worktrees(tmp_path, monkeypatch):
+    """The campaign trains from a worktree (``REPO`` there is the worktree, whose data/ is empty) for the main
+    checkout: a grid's relative data_root (a folder dataset's ``data_root: my_images``, as the README shows)
+    resolved inside the worktree and every such run failed there. It is now the checkout's, both in the driver's
+    grids and in the grid runs it launches (``LTKIT_HOME``, which start hands the driver)."""
+    from ltkit.grid.spec import load_grid
+
+    worktree, home = tmp_path / "worktree", tmp_path / "home"
+    (worktree / "configs").mkdir(parents=True)
+    grid = {"name": "rel", "seeds": [0], "methods": ["ce"],
+            "base": {"protocol": "natural", "dataset": "folder", "data_root": "my_images", "model": "tiny_cnn",
+                     "pretrained": False}}
+    (worktree / "configs" / "g.yaml").write_text(yaml.safe_dump(grid))
+    (worktree / "configs" / "c.yaml").write_text(yaml.safe_dump({"name": "c", "queue": [{"grid": "g.yaml"}]}))
+    camp = campaign.load_campaign(worktree / "configs" / "c.yaml")
+    g = campaign._grids(camp, home)["g.yaml"]
+    assert g.runs[0].data_root == str(home / "my_images") and g.results == home / "results" / "rel"
+    assert g.checkpoints == home / "checkpoints"
+    monkeypatch.setenv("LTKIT_HOME", str(home))  # what a launched `ltkit grid run` sees
+    assert load_grid(worktree / "configs" / "g.yaml").runs[0].data_root == str(home / "my_images")
+    monkeypatch.delenv("LTKIT_HOME")
+    assert load_grid(worktree / "configs" / "g.yaml").runs[0].data_root == str(REPO / "my_images")
+
+
 @pytest.mark.slow
 def test_campaign_trains_from_its_commit_in_priority_order(tmp_path):
     repo = _clone(tmp_path, epochs=2)
@@ -160,6 +184,7 @@ def test_campaign_trains_from_its_commit_in_priority_order(tmp_path):
         assert st["commit"] == sha and st["jobs"] == 1 and st["threads"] == 1
         driver_env = Path(f"/proc/{st['pid']}/environ").read_bytes().split(b"\0")
         assert f"LTKIT_DATA={st['data']}".encode() in driver_env and st["without_data"] == {}
+        assert f"LTKIT_HOME={repo}".encode() in driver_env
         again = campaign.start(repo / "configs" / "tiny-campaign.yaml", repo=repo)
         assert again["already_running"] and again["pid"] == st["pid"]
         _wait(lambda: not campaign._alive(st["pid"]), 240, "the campaign to finish")

@@ -32,6 +32,13 @@ PARTIAL_NOTEBOOK = "train.partial.ipynb"
 NOTEBOOK_PARAMETERS = "parameters.yaml"
 
 
+def home() -> Path:
+    """The checkout a grid's relative paths (``results``, ``data_root``) name: ``LTKIT_HOME`` if set, else
+    ``REPO``. The CPU campaign trains from a worktree of a fixed commit (``REPO`` is then the worktree) for the
+    main checkout, whose results and data its runs serve; it sets ``LTKIT_HOME`` to that checkout."""
+    return Path(os.environ.get("LTKIT_HOME") or REPO)
+
+
 def default_data_root(repo: Path = REPO) -> Path:
     """``LTKIT_DATA`` if set, else the repository's (``repo``'s) ``data/`` folder (git-ignored)."""
     return Path(os.environ.get("LTKIT_DATA") or repo / "data")

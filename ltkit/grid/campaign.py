@@ -121,14 +121,12 @@ def load_campaign(path: str | Path) -> Campaign:
 
 
 def _grids(camp: Campaign, home: Path | None = None) -> dict[str, Grid]:
-    """The campaign's grids; with ``home`` (the main checkout, when the driver runs in the worktree),
-    each grid's results folder is the same folder under ``home``."""
+    """The campaign's grids; with ``home`` (the main checkout, when the driver runs in the worktree), each
+    grid's relative results folder and data_root are those of ``home``, not of the worktree."""
     out = {}
     for g in dict.fromkeys(i.grid for i in camp.queue):
-        grid = load_grid(camp.path.parent / g)
+        grid = load_grid(camp.path.parent / g, home=home)
         if home is not None:
-            if grid.results.is_relative_to(REPO):
-                grid = load_grid(camp.path.parent / g, results=home / grid.results.relative_to(REPO))
             grid.checkpoints = home / "checkpoints"
         out[g] = grid
     return out
@@ -415,7 +413,8 @@ def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = Non
     src = prepare_worktree(repo, sha)
     log = state_dir(repo) / "campaign.log"
     env = {**os.environ, "PYTHONPATH": str(src), "LTKIT_CHECKPOINTS": str(repo / "checkpoints"),
-           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), NICE_ENV: str(NICE), "LTKIT_DATA": str(root)}
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), NICE_ENV: str(NICE), "LTKIT_DATA": str(root),
+           "LTKIT_HOME": str(repo)}  # a grid's relative data_root is the checkout's, not the worktree's
     env.pop("LTKIT_GIT_COMMIT", None)  # the worktree's own commit is the truth
     cmd = [sys.executable, "-m", "ltkit.cli", "--log-level", log_level, "campaign", "run", str(src / rel),
            "--home", str(repo), "--jobs", str(jobs), "--threads", str(threads)]

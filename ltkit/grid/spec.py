@@ -27,7 +27,8 @@ import yaml
 
 from ..config.fields import ConfigError, RunConfig
 from ..core.io import yaml_load
-from ..core.layout import REPO, checkpoints_root
+from ..core.layout import checkpoints_root
+from ..core.layout import home as default_home
 from ..training.check import make_config
 from ..training.procedures import PROCEDURES
 
@@ -107,14 +108,16 @@ def _resolve_extends(spec: dict, path: Path, seen: tuple[Path, ...] = ()) -> dic
     return merged
 
 
-def load_grid(path: str | Path, overrides: dict[str, Any] | None = None, results: str | Path | None = None) -> Grid:
-    """Read and fully validate a grid file; ``overrides`` apply to every run (e.g. a tiny CI setting)."""
+def load_grid(path: str | Path, overrides: dict[str, Any] | None = None, results: str | Path | None = None,
+              home: Path | None = None) -> Grid:
+    """Read and fully validate a grid file; ``overrides`` apply to every run (e.g. a tiny CI setting);
+    ``home``: the checkout its relative ``results`` and ``data_root`` name (default: ``layout.home()``)."""
     path = Path(path)
-    return grid_from_spec(_resolve_extends(_read_spec(path), path), overrides, results, path)
+    return grid_from_spec(_resolve_extends(_read_spec(path), path), overrides, results, path, home)
 
 
 def grid_from_spec(spec: dict, overrides: dict | None = None, results: str | Path | None = None,
-                   path: Path | None = None) -> Grid:
+                   path: Path | None = None, home: Path | None = None) -> Grid:
     if not isinstance(spec, dict):
         raise ConfigError(f"a grid must be a mapping, got {type(spec).__name__}")
     unknown = sorted(set(spec) - GRID_KEYS)
@@ -142,6 +145,7 @@ def grid_from_spec(spec: dict, overrides: dict | None = None, results: str | Pat
         raise ConfigError(f"bad value for 'methods': {methods!r} (accepted: a list of loss names or mappings)")
     runs: list[RunConfig] = []
     keys = list(axes)
+    checkout = home or default_home()
     if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds):
         raise ConfigError(f"bad value for 'seeds': {seeds!r} (accepted: a non-empty list of integers >= 0)")
     for seed in seeds:  # seed-major order: a grid cut short still covers every method once
@@ -149,8 +153,8 @@ def grid_from_spec(spec: dict, overrides: dict | None = None, results: str | Pat
             mdict = ({"procedure": m} if m in PROCEDURES else {"loss": m}) if isinstance(m, str) else dict(m)
             params = {**base, **dict(zip(keys, combo, strict=True)), **mdict, "seed": seed, **(overrides or {})}
             if isinstance(params.get("data_root"), str) and not Path(params["data_root"]).is_absolute():
-                # like 'results': relative to the repository, made absolute here, since the notebook runs in notebooks/
-                params["data_root"] = os.path.abspath(REPO / params["data_root"])  # symlinks kept: a folder's tag
+                # like 'results': relative to the checkout, made absolute here, since the notebook runs in notebooks/
+                params["data_root"] = os.path.abspath(checkout / params["data_root"])  # symlinks kept: a folder's tag
             try:
                 runs.append(make_config(params))
             except ConfigError as exc:
@@ -168,7 +172,7 @@ def grid_from_spec(spec: dict, overrides: dict | None = None, results: str | Pat
             raise ConfigError(f"{path or 'grid'}: {r.method!r} starts from stage one {r.stage1!r}, which the grid lacks")
     res = Path(results or spec.get("results") or f"results/{name}")
     if not res.is_absolute():
-        res = REPO / res
+        res = checkout / res
     return Grid(name, res, runs, dict(spec.get("slurm") or {}), spec.get("runs_per_gpu", "auto"), path,
                 check_pack(spec.get("pack", "auto")))
 
