@@ -149,6 +149,20 @@ def test_start_hands_the_runs_the_checkouts_data_and_refuses_a_queue_that_has_no
     assert list(missing) == ["cifar-grid:ce:seed0"] and "no data under" in missing["cifar-grid:ce:seed0"]
 
 
+def test_status_on_a_fresh_clone_shows_what_the_committed_results_hold(tmp_path):
+    """Before any start (a fresh clone, or a machine whose .campaign/ is gone) status used to print one line; it
+    now lists configs/campaign-cpu.yaml's queue, done where results/ holds the run and queued elsewhere."""
+    repo = _clone(tmp_path, epochs=2)
+    lines = campaign.status_lines(repo=repo)
+    assert lines[0] == "no campaign has been started here (make campaign); configs/campaign-cpu.yaml:"
+    camp = campaign.load_campaign(repo / "configs" / "campaign-cpu.yaml")
+    assert len(lines) == len(camp.queue) + 2
+    assert "done     cao2019-cifar100-if100:ce:seed0  [balanced top-1 0.3878]" in lines  # committed
+    assert all(line.split()[0] in ("done", "queued", "waiting") for line in lines[1:-1])
+    (repo / "configs" / "campaign-cpu.yaml").unlink()
+    assert campaign.status_lines(repo=repo) == ["no campaign has been started here (make campaign)"]
+
+
 def test_a_grids_relative_data_root_is_the_checkouts_not_the_worktrees(tmp_path, monkeypatch):
     """The campaign trains from a worktree (``REPO`` there is the worktree, whose data/ is empty) for the main
     checkout: a grid's relative data_root (a folder dataset's ``data_root: my_images``, as the README shows)

@@ -445,16 +445,23 @@ def stop(repo: Path = REPO, timeout: float = 600.0) -> str:
     return f"campaign stopped (pid {state['pid']}, commit {state['commit'][:12]}); runs resume from their checkpoints"
 
 
+DEFAULT_CAMPAIGN = "configs/campaign-cpu.yaml"  # what `ltkit campaign status` shows before any start
+
+
 def status_lines(campaign_file: str | Path | None = None, repo: Path = REPO) -> list[str]:
-    """What ``ltkit campaign status`` prints: the process, then one line per queued run."""
+    """What ``ltkit campaign status`` prints: the process, then one line per queued run. Where no campaign was
+    started (a fresh clone), the lines of ``DEFAULT_CAMPAIGN``: what its committed results already hold."""
     state = read_state(repo) or {}
     path = Path(campaign_file) if campaign_file else (repo / state["campaign"] if state.get("campaign") else None)
-    if path is None:
+    if path is None and not (repo / DEFAULT_CAMPAIGN).is_file():
         return ["no campaign has been started here (make campaign)"]
     alive = _running(state)
     head = (f"campaign {'running' if alive else 'not running'}" + (f" (pid {state['pid']})" if alive else "")
             + (f", commit {state['commit'][:12]}, {state['jobs']} x {state['threads']} thread(s), started "
                f"{state['started']}, log {state['log']}" if state.get("commit") else ""))
+    if path is None:
+        path = repo / DEFAULT_CAMPAIGN
+        head = f"no campaign has been started here (make campaign); {DEFAULT_CAMPAIGN}:"
     camp = load_campaign(path)
     rows = item_states(camp, repo)
     counts: dict[str, int] = {}
