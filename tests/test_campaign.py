@@ -104,6 +104,8 @@ def test_start_refuses_what_it_could_not_train_and_knows_its_own_process(tmp_pat
         with pytest.raises(ConfigError, match=r"campaign configs/tiny-campaign\.yaml is already running \(pid \d+\); "
                                               r"`ltkit campaign stop`.* to start configs/fresh-campaign\.yaml instead"):
             campaign.start(fresh, repo=repo)
+        with pytest.raises(ConfigError, match=r"campaign file .*configs/nope\.yaml: No such file"):  # not "running"
+            campaign.start(repo / "configs" / "nope.yaml", repo=repo)
         assert campaign.start(repo / "configs" / "tiny-campaign.yaml", repo=repo)["already_running"]
         # the same pid, started at another time: not the campaign (a reused pid)
         (repo / ".campaign" / "state.json").write_text(json.dumps({**state, "pid_started": "1"}))

@@ -388,13 +388,13 @@ def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = Non
         raise ConfigError(f"campaign file {campaign_file} is outside the repository {repo} (accepted: a campaign file "
                           "committed in it, e.g. configs/campaign-cpu.yaml; the campaign trains from a worktree of "
                           "the commit)") from None
+    camp = load_campaign(campaign_file)  # checked first: a bad file is named as such, running campaign or not
     state = read_state(repo)
     if _running(state):
         if state.get("campaign", str(rel)) != str(rel):
             raise ConfigError(f"campaign {state['campaign']} is already running (pid {state['pid']}); "
                               f"`ltkit campaign stop` (make campaign-stop) first to start {rel} instead")
         return {**state, "already_running": True}
-    camp = load_campaign(campaign_file)  # checked here, before anything starts
     try:
         jobs, threads = cpu_plan(jobs or camp.jobs, threads or camp.threads)
     except ValueError as exc:
