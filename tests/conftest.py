@@ -1,9 +1,15 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("LTKIT_OFFLINE", "1")
+# The campaign keeps its checkpoints in the user's cache (${XDG_CACHE_HOME:-~/.cache}/ltkit): the tests get a cache
+# of their own, never the one a real campaign on this machine resumes from; torch's hub cache stays where it was.
+os.environ.setdefault("TORCH_HOME", os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch"))
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ltkit-test-cache-")
+os.environ.pop("LTKIT_CHECKPOINTS", None)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,6 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = {"num_classes": 10, "train_per_class": 60, "test_per_class": 10}
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Each test's campaign keeps its checkpoints in a cache of its own (clones of this repository share a key)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("LTKIT_CHECKPOINTS", raising=False)
+
+
 def _clone(tmp_path: Path, epochs: int) -> Path:
     """A clone of this repository's HEAD plus the working tree's ltkit/ and notebooks/ (what is under test),
     with a tiny grid and campaign committed."""
@@ -182,7 +189,7 @@ def test_a_grids_relative_data_root_is_the_checkouts_not_the_worktrees(tmp_path,
     camp = campaign.load_campaign(worktree / "configs" / "c.yaml")
     g = campaign._grids(camp, home)["g.yaml"]
     assert g.runs[0].data_root == str(home / "my_images") and g.results == home / "results" / "rel"
-    assert g.checkpoints == home / "checkpoints"
+    assert g.checkpoints == campaign.campaign_checkpoints_root(home)
     monkeypatch.setenv("LTKIT_HOME", str(home))  # what a launched `ltkit grid run` sees
     assert load_grid(worktree / "configs" / "g.yaml").runs[0].data_root == str(home / "my_images")
     monkeypatch.delenv("LTKIT_HOME")
@@ -211,7 +218,8 @@ def test_campaign_trains_from_its_commit_in_priority_order(tmp_path):
     prov = json.loads((run / "ce" / "seed0" / "provenance.json").read_text())
     assert prov["git"]["commit"] == sha and prov["threads"] == 1
     assert (run / "ce" / "seed0" / "train.ipynb").exists()
-    assert (repo / "checkpoints").is_dir() and not (repo / ".campaign" / "src" / "checkpoints").exists()
+    assert campaign.campaign_checkpoints_root(repo).is_dir() and not (repo / "checkpoints").exists()
+    assert not (repo / ".campaign" / "src" / "checkpoints").exists()
     log = (repo / ".campaign" / "campaign.log").read_text()
     assert log.index("ce:seed0: start") < log.index("la_posthoc:seed0: start")  # waited for its stage one
     lines = campaign.status_lines(repo=repo)
@@ -224,14 +232,14 @@ def test_stop_at_an_epoch_boundary_then_resume(tmp_path):
     st = campaign.start(repo / "configs" / "tiny-campaign.yaml", repo=repo)
     try:
         def progress():
-            hits = list((repo / "checkpoints").rglob("ce/seed0/progress.json"))
+            hits = list(campaign.campaign_checkpoints_root(repo).rglob("ce/seed0/progress.json"))
             return json.loads(hits[0].read_text())["epoch"] if hits else 0
         _wait(lambda: progress() >= 3, 240, "three epochs")
         msg = campaign.stop(repo=repo, timeout=120)
     finally:
         campaign.stop(repo=repo, timeout=60)
     assert msg.startswith("campaign stopped") and not campaign._alive(st["pid"])
-    ckpt = next((repo / "checkpoints").rglob("ce/seed0/last.pt"))
+    ckpt = next(campaign.campaign_checkpoints_root(repo).rglob("ce/seed0/last.pt"))
     epoch = torch.load(ckpt, weights_only=True)["epoch"]
     assert epoch == json.loads((ckpt.parent / "progress.json").read_text())["epoch"] >= 3
     lines = campaign.status_lines(repo=repo)

@@ -9,7 +9,9 @@ the notebook while it runs; never committed).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,6 +50,34 @@ def checkpoints_root() -> Path:
     """``LTKIT_CHECKPOINTS`` if set (the CPU campaign keeps its checkpoints in the main checkout while it
     trains from a worktree of a fixed commit), else the repository's ``checkpoints/`` (git-ignored)."""
     return Path(os.environ.get("LTKIT_CHECKPOINTS") or REPO / "checkpoints")
+
+
+def user_cache() -> Path:
+    """``${XDG_CACHE_HOME:-~/.cache}/ltkit``: this user's, on this machine; outlives any checkout."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ltkit"
+
+
+def repository_key(repo: Path = REPO) -> str:
+    """What names a repository wherever it is cloned: its first commit (12 hex), the same in every clone of
+    it at any path; outside git (an unpacked tarball), a hash of the folder's path."""
+    try:
+        p = subprocess.run(["git", "-C", str(repo), "rev-list", "--max-parents=0", "HEAD"],
+                           capture_output=True, text=True, timeout=30)
+        roots = sorted(p.stdout.split()) if p.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError):
+        roots = []
+    if roots:
+        return roots[0][:12]
+    return "path-" + hashlib.sha256(str(Path(repo).resolve()).encode()).hexdigest()[:12]
+
+
+def campaign_checkpoints_root(repo: Path = REPO) -> Path:
+    """Where the CPU campaign keeps its checkpoints: ``LTKIT_CHECKPOINTS`` if set, else
+    ``<user cache>/<repository key>/checkpoints``. Outside the working tree (laid anew between sessions on
+    some machines) and keyed by the repository, not its path, so that a fresh clone of the same repository,
+    anywhere on the same machine, resumes each run from its last epoch (issue #38)."""
+    env = os.environ.get("LTKIT_CHECKPOINTS")
+    return Path(env) if env else user_cache() / repository_key(repo) / "checkpoints"
 
 
 def default_results_root() -> Path:

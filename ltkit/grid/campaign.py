@@ -37,7 +37,7 @@ from typing import Any
 from ..config.fields import ConfigError
 from ..core.hardware import NICE_ENV, cpu_plan, lower_priority
 from ..core.io import atomic_write_json, read_json, yaml_load
-from ..core.layout import PROGRESS, REPO, default_data_root
+from ..core.layout import PROGRESS, REPO, campaign_checkpoints_root, default_data_root
 from ..runs.status import Status, load_metrics
 from .plan import data_source, plan, preflight, progress
 from .processes import prepare_child
@@ -127,7 +127,7 @@ def _grids(camp: Campaign, home: Path | None = None) -> dict[str, Grid]:
     for g in dict.fromkeys(i.grid for i in camp.queue):
         grid = load_grid(camp.path.parent / g, home=home)
         if home is not None:
-            grid.checkpoints = home / "checkpoints"
+            grid.checkpoints = campaign_checkpoints_root(home)
         out[g] = grid
     return out
 
@@ -412,7 +412,7 @@ def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = Non
     dirty = _git(repo, "status", "--porcelain", "--", "ltkit", "notebooks", "configs")
     src = prepare_worktree(repo, sha)
     log = state_dir(repo) / "campaign.log"
-    env = {**os.environ, "PYTHONPATH": str(src), "LTKIT_CHECKPOINTS": str(repo / "checkpoints"),
+    env = {**os.environ, "PYTHONPATH": str(src), "LTKIT_CHECKPOINTS": str(campaign_checkpoints_root(repo)),
            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), NICE_ENV: str(NICE), "LTKIT_DATA": str(root),
            "LTKIT_HOME": str(repo)}  # a grid's relative data_root is the checkout's, not the worktree's
     env.pop("LTKIT_GIT_COMMIT", None)  # the worktree's own commit is the truth

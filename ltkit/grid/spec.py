@@ -59,8 +59,15 @@ class Grid:
     @property
     def ckpt_root(self) -> Path:
         """``checkpoints/<name>-<8 hex of the results folder>``: the same grid with two ``--results``
-        folders keeps two sets of checkpoints."""
-        key = hashlib.sha256(str(self.results.resolve()).encode()).hexdigest()[:8]
+        folders keeps two sets of checkpoints. A results folder inside the checkout (:func:`layout.home`) is
+        keyed by its path relative to it, so that another clone of the repository (the campaign's checkpoints
+        are in a per-user cache, :func:`layout.campaign_checkpoints_root`) finds the same checkpoints."""
+        res = self.results.resolve()
+        try:
+            where = res.relative_to(default_home().resolve()).as_posix()
+        except ValueError:
+            where = str(res)
+        key = hashlib.sha256(where.encode()).hexdigest()[:8]
         return (self.checkpoints or checkpoints_root()) / f"{self.name}-{key}"
 
     def ckpt_dir(self, cfg: RunConfig) -> Path:
