@@ -7,6 +7,8 @@
     ltkit data pack   --src ../shared/data --out .gpu_data/cao --protocol cao2019
     ltkit data inspect --src path/to/my_images    # one sub-folder per class: counts, IF, bad files
     ltkit data subsets --out book/data/cao2019_subsets.json   # Cao et al.'s CIFAR-LT image lists
+    ltkit reproduce results/cao2019/cifar100_exp100/resnet32/ce/seed0 [--smoke | --epochs N] [--out DIR]
+    ltkit results portable [--check]              # committed records name no folder of the machine that made them
 """
 
 from __future__ import annotations
@@ -123,6 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--home", default=None, help="run: the checkout whose results folders receive the runs")
     c.add_argument("--commit", default=None, help="start: the commit to train from (default: HEAD)")
     c.add_argument("--timeout", type=float, default=600.0, help="stop: seconds to wait for the runs to stop")
+    r = sub.add_parser("reproduce", help="re-make a committed run into a scratch folder and compare it with the record")
+    r.add_argument("run_dir", help="a finished run's results folder, e.g. results/cao2019/cifar100_exp100/resnet32/ce/seed0")
+    r.add_argument("--smoke", action="store_true", help="1 epoch of 2 steps: a check of the pipeline, not a reproduction")
+    r.add_argument("--epochs", type=_positive_int, default=None, help="a shortened run of N epochs (not compared)")
+    r.add_argument("--out", default=None, help="scratch folder (default: <checkpoints root>/reproduce/<full|smoke|epochsN>)")
+    s = sub.add_parser("results", help="committed results: make their records portable, or check that they are")
+    s.add_argument("action", choices=["portable"],
+                   help="portable: rewrite machine paths in provenance and notebooks (the one-off migration of issue #36)")
+    s.add_argument("root", nargs="?", default=None, help="results folder (default: the checkout's results/)")
+    s.add_argument("--check", action="store_true", help="change nothing; list what still names a machine path (exit 1)")
     d = sub.add_parser("data", help="data utilities")
     d.add_argument("action", choices=["pack", "inspect", "subsets"],
                    help="pack: a CIFAR subset for a GPU box; inspect: count (and cache) a folder of class folders; "
@@ -160,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cmd == "campaign":
         return _campaign(args)
+    if args.cmd == "reproduce":
+        return _reproduce(args)
+    if args.cmd == "results":
+        return _results(args)
 
     from .config import ConfigError
     from .grid.plan import forced_note, plan, progress, spend_line
@@ -253,6 +269,85 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {p}", file=sys.stderr)
         return 1
     return 0
+
+
+def _grid_fingerprint_problem(run_dir, fingerprint: str) -> str | None:
+    """Why a committed run no longer matches the grid in configs/ that holds it (None: it does, or no grid does)."""
+    from pathlib import Path
+
+    from .config import ConfigError
+    from .core.layout import home
+    from .grid.spec import load_grid
+
+    run_dir = Path(run_dir).resolve()
+    for path in sorted((home() / "configs").glob("*.yaml")):
+        try:
+            grid = load_grid(path)
+        except (ConfigError, OSError, ValueError):
+            continue  # a campaign file or another kind of YAML
+        for cfg in grid.runs:
+            if grid.run_dir(cfg).resolve() == run_dir and cfg.fingerprint() != fingerprint:
+                return (f"{run_dir} no longer matches its grid {path.name} (the grid now gives fingerprint "
+                        f"{cfg.fingerprint()}, the run was made as {fingerprint}): it is stale; "
+                        f"`ltkit grid run configs/{path.name} --force --only {cfg.method} --seeds {cfg.seed}` re-trains it")
+    return None
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    """``ltkit reproduce RUN_DIR``: train the recorded configuration into a scratch folder and compare (exit 0: inside
+    the method's seed spread; 1: outside; 2: bad input, nothing written)."""
+    from .config import ConfigError
+    from .core.layout import default_data_root
+    from .grid.plan import preflight
+    from .training import reproduce as reproducing
+
+    try:
+        rep = reproducing.plan(args.run_dir, smoke=args.smoke, epochs=args.epochs, out=args.out)
+        problem = _grid_fingerprint_problem(args.run_dir, reproducing.recorded_config(args.run_dir).fingerprint())
+        if problem:
+            raise ConfigError(problem)
+        preflight([rep.cfg], default_data_root())
+    except ConfigError as exc:
+        print(f"ltkit: {str(exc).removeprefix('cannot start the grid: ')}", file=sys.stderr)
+        return 2
+    what = "smoke check (1 epoch, 2 steps) of" if args.smoke else "reproducing"
+    print(f"{what} {args.run_dir} into {rep.output_dir}", flush=True)
+    try:
+        reproducing.train(rep)
+    except KeyboardInterrupt:
+        print(f"interrupted: the same command resumes from {rep.checkpoint_dir}", file=sys.stderr)
+        return 130
+    report = reproducing.compare(args.run_dir, rep.output_dir, rep.smoke, rep.epochs)
+    path = reproducing.write_report(report, rep.output_dir)
+    print("\n".join(reproducing.report_lines(report)))
+    print(f"written: {path}")
+    return 1 if report["verdict"] == "outside" else 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    """``ltkit results portable [ROOT] [--check]``: every committed run's provenance and notebook without the
+    machine paths of the checkout that made it (issue #36's migration; changes path strings only)."""
+    import json
+    from pathlib import Path
+
+    from .core.layout import NOTEBOOK, default_results_root
+    from .runs.portable import absolute_paths, make_run_portable
+
+    root = Path(args.root) if args.root else default_results_root()
+    runs = sorted({p.parent for name in ("provenance.json", "train.ipynb") for p in root.rglob(name)})
+    template = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+    bad = 0
+    for run_dir in runs:
+        if args.check:
+            found = absolute_paths(run_dir)
+            bad += bool(found)
+            for f in found:
+                print(f"{run_dir}: {f}")
+        else:
+            for f in make_run_portable(run_dir, template=template):
+                print(f"made portable: {f}")
+    print(f"{len(runs)} run folder(s) under {root}" + (f"; {bad} name a machine path" if args.check else ""))
+    return 1 if bad else 0
 
 
 def _campaign(args: argparse.Namespace) -> int:

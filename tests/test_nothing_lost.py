@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -179,3 +180,61 @@ def test_a_killed_two_expert_run_is_partial_and_resumes(tmp_path):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         shutil.rmtree(g.ckpt_root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_forced_rerun_across_file_systems_replaces_the_result_and_a_failed_move_keeps_it(tmp_path):
+    """Issue #38: results on a tmpfs, checkpoints on the disk (two devices). A forced re-run's staged result moves
+    into results/ (a rename cannot cross devices: copied, fsynced, renamed); the old one stays a generation."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second file system (a tmpfs at /dev/shm) here")
+    results = Path(tempfile.mkdtemp(prefix="ltkit-results-", dir=shm))
+    try:
+        path = grid_at(tmp_path, results / "results")
+        env = {"LTKIT_CHECKPOINTS": str(tmp_path / "checkpoints")}
+        assert cli("grid", "run", path, env=env).returncode == 0
+        g = load_grid(path)
+        run_dir = g.run_dir(g.runs[0])
+        assert os.stat(run_dir).st_dev != os.stat(tmp_path / "checkpoints").st_dev
+        before = snapshot(run_dir)
+        r = cli("grid", "run", path, "--force", env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        after = snapshot(run_dir)
+        assert any(k.startswith("metrics.json.replaced-") and after[k] == before["metrics.json"] for k in after)
+        assert json.loads(after["complete.json"])["fingerprint"] == g.runs[0].fingerprint()
+        assert not [k for k in after if ".incoming-" in k]
+        st = cli("grid", "status", path, env=env)
+        assert next(x for x in st.stdout.splitlines() if g.runs[0].run_path() in x).startswith("done")
+        again = cli("grid", "run", path, env=env)
+        assert again.returncode == 0 and "skipped 1" in again.stdout  # not trained a third time
+    finally:
+        shutil.rmtree(results, ignore_errors=True)
+
+
+def test_a_promotion_that_fails_midway_puts_the_current_result_back(tmp_path, monkeypatch):
+    """The renames into place fail after the old result was set aside: the old files come back, byte for byte."""
+    from ltkit.grid import execute
+    from ltkit.training.check import make_config
+
+    cfg = make_config({"dataset": "synthetic", "model": "tiny_cnn", "epochs": 1})
+    run_dir, stage = tmp_path / "run", tmp_path / "stage"
+    run_dir.mkdir(), stage.mkdir()
+    for name in ("metrics.json", "provenance.json", "complete.json"):
+        (run_dir / name).write_text(f"old {name}")
+    for name in ("metrics.json", "provenance.json"):
+        (stage / name).write_text(f"new {name}")
+    real = os.replace
+    calls = {"n": 0}
+
+    def flaky(src, dst):
+        calls["n"] += 1
+        if ".incoming-" in str(src) and Path(dst).name == "provenance.json":
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(execute.os, "replace", flaky)
+    with pytest.raises(OSError):
+        execute._promote(run_dir, stage, "S", cfg)
+    for name in ("metrics.json", "provenance.json", "complete.json"):
+        assert (run_dir / name).read_text() == f"old {name}"

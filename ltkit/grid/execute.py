@@ -11,6 +11,7 @@ their notebook afterwards (:func:`record_notebooks`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -42,7 +43,9 @@ from ..core.layout import (
     REPO,
     RUNNER_LOCK,
     TRAIN_LOCK,
+    checkpoints_root,
 )
+from ..runs.portable import notebook_json, portable_notebook, recorded_notebook, relative_path
 from ..runs.provenance import git_commit
 from ..runs.records import record_failure, record_spend
 from ..runs.status import Status, load_metrics, mark_complete, notebook_error, read_notebook, run_status
@@ -72,8 +75,11 @@ def notebook_parameters(grid: Grid, cfg: RunConfig, output_dir: Path | None = No
     ``output_dir``: where the run writes its results (default its results folder; a forced re-run stages them)."""
     d = cfg.to_dict()
     params = {k: d.pop(k) for k in config_parameter_names()}
-    return {**params, "extra": d, "output_dir": str(output_dir or grid.run_dir(cfg)),
-            "checkpoint_dir": str(grid.ckpt_dir(cfg)), "smoke": False, "show_progress": True}
+    if params.get("data_root"):
+        params["data_root"] = relative_path(params["data_root"])
+    # relative to the checkout where they lie in it (the notebook resolves them against the checkout that executes it)
+    return {**params, "extra": d, "output_dir": relative_path(output_dir or grid.run_dir(cfg)),
+            "checkpoint_dir": relative_path(grid.ckpt_dir(cfg)), "smoke": False, "show_progress": True}
 
 
 TRAIN_LOCK_WAIT = 90.0  # s: a stopped runner's notebook (a requeued job's predecessor) takes a moment to exit
@@ -220,9 +226,20 @@ def _execute_notebook(grid: Grid, cfg: RunConfig, env: dict[str, str] | None,
         _log.warning(f"retry {cfg.run_path()}: the kernel died before running a cell")
         time.sleep(1.0)
     if partial.exists():
-        atomic_write_bytes((output_dir or grid.run_dir(cfg)) / EXECUTED_NOTEBOOK, partial.read_bytes())
+        _keep_notebook(partial, (output_dir or grid.run_dir(cfg)) / EXECUTED_NOTEBOOK, grid.run_dir(cfg))
         partial.unlink()
     return proc
+
+
+def _keep_notebook(partial: Path, dest: Path, run_dir: Path) -> None:
+    """The executed notebook into the results folder, portable (:mod:`ltkit.runs.portable`: no folder of this
+    machine in it) and headed by the line that says it is a recorded run and how to reproduce it."""
+    try:
+        nb = json.loads(partial.read_text(encoding="utf-8"))
+        nb = recorded_notebook(portable_notebook(nb, ckpt_root=checkpoints_root()), relative_path(run_dir))
+        atomic_write_text(dest, notebook_json(nb))
+    except (ValueError, KeyError, TypeError):  # not a notebook papermill finished writing: kept as it is
+        atomic_write_bytes(dest, partial.read_bytes())
 
 
 def _record_failure_once(run_dir: Path, cfg: RunConfig, start: str, seconds: float, err: str) -> None:
@@ -418,18 +435,61 @@ def _forced_rerun(grid: Grid, cfg: RunConfig, env: dict[str, str] | None, start:
 
 
 def _promote(run_dir: Path, stage: Path, stamp: str, cfg: RunConfig) -> None:
-    """The staged result becomes current, the old one a ``*.replaced-<stamp>`` generation. Its only write
-    (``complete.json``, into the stage) comes first, then renames only (no disk space needed); the old
-    ``complete.json`` goes first and the new one comes last, so a kill in between is never taken for done."""
+    """The staged result becomes current, the old one a ``*.replaced-<stamp>`` generation.
+
+    The stage (under the checkpoint root) may lie on another file system than ``results/`` (checkpoints in a
+    per-user cache, results on a tmpfs or a network disk): a rename across devices fails. So the new files
+    first come *into the run folder* under temporary names (a rename where it can be, else a copy that is
+    fsynced): the only step that needs space or can fail, and it changes nothing current. Then renames within
+    the run folder only: the old ``complete.json`` goes first and the new one comes last, so a kill in between
+    is never taken for done; if one of them fails, the current result is put back as it was."""
     mark_complete(stage, cfg.fingerprint())
-    for name in (COMPLETE, *RESULT_FILES):
-        f = run_dir / name
-        if f.exists():
-            os.replace(f, f.with_name(f"{name}.replaced-{stamp}"))
-    for name in (*RESULT_FILES, COMPLETE):  # metrics.json, then complete.json last
-        if (stage / name).exists():
-            os.replace(stage / name, run_dir / name)
+    names = [n for n in (*RESULT_FILES, COMPLETE) if (stage / n).exists()]  # metrics.json, then complete.json last
+    incoming: dict[str, Path] = {}
+    try:
+        for name in names:
+            incoming[name] = run_dir / f".{name}.incoming-{stamp}"
+            _move_to(stage / name, incoming[name])
+    except OSError:
+        for tmp in incoming.values():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+    replaced: list[tuple[Path, Path]] = []
+    placed: list[Path] = []
+    try:
+        for name in (COMPLETE, *RESULT_FILES):
+            f = run_dir / name
+            if f.exists():
+                os.replace(f, f.with_name(f"{name}.replaced-{stamp}"))
+                replaced.append((f.with_name(f"{name}.replaced-{stamp}"), f))
+        for name in names:
+            os.replace(incoming[name], run_dir / name)
+            placed.append(run_dir / name)
+    except OSError:
+        for f in placed:  # the new result's files out again (kept as the failed attempt's), the old ones back
+            with contextlib.suppress(OSError):
+                os.replace(f, f.with_name(f"{f.name}.failed-{stamp}"))
+        for old, f in reversed(replaced):
+            os.replace(old, f)
+        raise
     shutil.rmtree(stage, ignore_errors=True)
+
+
+def _move_to(src: Path, dest: Path) -> None:
+    """``src`` to ``dest``: a rename on one file system, else a copy fsynced before ``src`` is removed."""
+    try:
+        os.replace(src, dest)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+        fout.flush()
+        os.fsync(fout.fileno())
+    shutil.copystat(src, dest)
+    src.unlink()
 
 
 def _keep_failed_attempt(run_dir: Path, ckpt: Path, stage: Path, stamp: str, cfg: RunConfig, start: str, wall: float,

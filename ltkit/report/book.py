@@ -133,18 +133,19 @@ def _card(run_dir: Path) -> str | None:
         return f"**Run card**: could not be generated from this run's files ({type(exc).__name__}: {exc})"
 
 
+CARD_CELLS = {"card-heading", "run-card", "card-update"}  # the notebook's own card cells (keys: metadata ltkit_cell)
+
+
 def put_card(nb, card: str | None) -> None:
-    """Show ``card`` at the top of a run's page: as the output of the notebook's run-card cell (regenerated
-    from the run's files now, so later attempts are counted), else as a cell after the title."""
+    """Open a run's page with ``card`` (regenerated from the run's files now, so later attempts are counted): a
+    cell right after the title, above the parameters and the code; the notebook's own card cells are left out
+    of the page (they would show it a second time)."""
     import nbformat
 
     if not card:
         return
-    output = nbformat.v4.new_output("display_data", data={"text/markdown": card, "text/plain": card})
-    for cell in nb.cells:
-        if RUN_CARD_TAG in cell.get("metadata", {}).get("tags", []):
-            cell.outputs = [output]
-            return
+    nb.cells = [c for c in nb.cells if c.get("metadata", {}).get("ltkit_cell") not in CARD_CELLS
+                and RUN_CARD_TAG not in c.get("metadata", {}).get("tags", [])]
     at = next((i + 1 for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), 0)
     nb.cells.insert(at, nbformat.v4.new_markdown_cell(card))
 

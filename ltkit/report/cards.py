@@ -185,3 +185,36 @@ def card_markdown(run_dir: str | Path, title: str = "Run card") -> str:
         for i, (f, v) in enumerate(rows):
             lines.append(f"| {section if i == 0 else ''} | {f} | {str(v).replace('|', '/')} |")
     return "\n".join(lines)
+
+
+PENDING_CARD = "*The run card appears here when the run has finished.*"
+
+
+def notebook_card(run) -> str:
+    """The run card a run's notebook shows at its top (:class:`ltkit.notebook.NotebookRun`): a recorded run's
+    at once; a run still to train gets a placeholder that :func:`update_notebook_card` fills at the end."""
+    if run.mode == "show" and run.output_dir:
+        return _safe_card(run.output_dir)
+    return PENDING_CARD
+
+
+def update_notebook_card(card, run) -> None:
+    """Fill the notebook's card (an IPython display handle) once a run has trained and written its files; a
+    shown run's card is already there; a run with no results folder (``output_dir`` None) says so."""
+    from IPython.display import Markdown
+
+    if run.mode == "show":
+        return
+    if run.mode == "reproduce":
+        card.update(Markdown(_safe_card(run.reproduction.output_dir, "Run card of the reproduction")))
+    elif run.output_dir:
+        card.update(Markdown(_safe_card(run.output_dir)))
+    else:
+        card.update(Markdown("*No results folder (output_dir is None): nothing was written, so there is no card.*"))
+
+
+def _safe_card(run_dir, title: str = "Run card") -> str:
+    try:
+        return card_markdown(run_dir, title)
+    except Exception as exc:  # noqa: BLE001 - the card must never fail a finished run: say why it is missing
+        return f"*The run card could not be generated: {type(exc).__name__}: {exc}*"

@@ -78,7 +78,21 @@ def environment() -> dict[str, Any]:
     }
 
 
-def provenance(cfg, start: str, wall: float, status: str = "finished", error: str | None = None) -> dict[str, Any]:
+def provenance(cfg, start: str, wall: float, status: str = "finished", error: str | None = None,
+               dataset: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What made a run, with portable paths (:func:`ltkit.runs.portable.portable_provenance`: relative to the
+    checkout, or named by ``$LTKIT_DATA`` / ``$LTKIT_CHECKPOINTS``): a committed record names no folder of
+    the machine that made it."""
+    from ..core.layout import checkpoints_root
+    from .portable import portable_provenance
+
+    out = _provenance(cfg, start, wall, status, error)
+    if dataset is not None:
+        out["dataset"] = dataset
+    return portable_provenance(out, ckpt_root=checkpoints_root())
+
+
+def _provenance(cfg, start: str, wall: float, status: str = "finished", error: str | None = None) -> dict[str, Any]:
     # what the run is, in the study's words: its method (name), loss, procedure and stage
     run = {"method": cfg.method, "loss": cfg.loss, "procedure": cfg.procedure, "stage": cfg.stage, "stage1": cfg.stage1}
     return {"run": run, "parameters": cfg.to_dict(), "run_path": cfg.run_path(), "fingerprint": cfg.fingerprint(),

@@ -49,10 +49,9 @@ def write_run(out_dir: str | Path, result, start: str, wall: float) -> Path:
                         **{f"label_{k}": v.astype(np.int16) for k, v in result.labels.items()})
     atomic_write_bytes(out / "predictions.npz", buf.getvalue())
     extra = {k: (v.to_dict(orient="list") if hasattr(v, "to_dict") else v) for k, v in result.extra.items()}
-    prov = provenance(result.config, start, wall)
+    prov = provenance(result.config, start, wall, dataset=result.dataset | {"classes": None})
     if "packed_with" in result.extra:  # trained as one packed model with these runs (ltkit.training.packed)
         prov["run"]["packed"] = {"with": result.extra["packed_with"], "size": result.extra["pack_size"]}
-    prov["dataset"] = result.dataset | {"classes": None}
     prov["procedure_extra"] = extra
     atomic_write_json(out / PROVENANCE, prov)
     atomic_write_json(out / METRICS, validate_metrics(result.metrics))
