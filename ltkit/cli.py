@@ -361,8 +361,9 @@ def _campaign(args: argparse.Namespace) -> int:
             print("\n".join(campaign.status_lines(args.campaign)))
             return 0
         if args.action == "stop":
-            print(campaign.stop(timeout=args.timeout))
-            return 0
+            msg = campaign.stop(timeout=args.timeout)
+            print(msg)
+            return 1 if campaign.STILL_STOPPING in msg else 0
         if not args.campaign:
             print(f"ltkit: campaign {args.action} needs a campaign file (e.g. configs/campaign-cpu.yaml)", file=sys.stderr)
             return 2

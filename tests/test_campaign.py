@@ -26,10 +26,10 @@ def _own_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("LTKIT_CHECKPOINTS", raising=False)
 
 
-def _clone(tmp_path: Path, epochs: int) -> Path:
+def _clone(tmp_path: Path, epochs: int, name: str = "repo") -> Path:
     """A clone of this repository's HEAD plus the working tree's ltkit/ and notebooks/ (what is under test),
     with a tiny grid and campaign committed."""
-    repo = tmp_path / "repo"
+    repo = tmp_path / name
     subprocess.run(["git", "clone", "-q", str(REPO), str(repo)], check=True)
     for sub in ("ltkit", "notebooks", "configs"):
         _copytree(REPO / sub, repo / sub)
@@ -260,3 +260,164 @@ def test_stop_at_an_epoch_boundary_then_resume(tmp_path):
     finally:
         campaign.stop(repo=repo, timeout=120)
     assert not campaign._alive(st2["pid"])
+
+
+def _cli_in(repo: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``ltkit`` from a clone (its own ltkit: the clone's REPO), as a user types it there."""
+    import os
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    return subprocess.run([sys.executable, "-m", "ltkit.cli", *args], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_a_broken_or_unprovable_state_never_signals_a_stranger_and_never_tracebacks(tmp_path):
+    """Issue #38: a state without the process start time (older ltkit) naming a live unrelated process is not a
+    running campaign (it was signalled before); a hand-broken state is named as such, no traceback; a driver that
+    will not stop makes `stop --timeout` exit 1 (it exited 0)."""
+    import sys
+
+    repo = _clone(tmp_path, epochs=2)
+    (repo / ".campaign").mkdir()
+    state = repo / ".campaign" / "state.json"
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        state.write_text(json.dumps({"pid": stranger.pid, "campaign": "configs/tiny-campaign.yaml", "commit": "0" * 40,
+                                     "jobs": 1, "threads": 1, "started": "then", "log": "x"}))
+        st = _cli_in(repo, "campaign", "status")
+        assert st.returncode == 0 and st.stdout.startswith("campaign not running"), st.stdout + st.stderr
+        sp = _cli_in(repo, "campaign", "stop", "--timeout", "1")
+        assert sp.returncode == 0 and "no campaign is running" in sp.stdout
+        time.sleep(0.5)
+        assert stranger.poll() is None  # never signalled
+        for broken in ('{"pid": "x"}', "[]", '{"pid": 12'):
+            state.write_text(broken)
+            for args in (["status"], ["stop", "--timeout", "1"]):
+                p = _cli_in(repo, "campaign", *args)
+                assert "Traceback" not in p.stderr and p.returncode == 0, p.stderr
+                assert "state.json is" in p.stdout and ("unreadable" in p.stdout or "not a campaign state" in p.stdout)
+    finally:
+        stranger.kill()
+        stranger.wait()
+    # a driver (it holds the driver lock) that ignores SIGTERM: stop gives up after --timeout and says so, exit 1
+    lock = campaign.driver_lock(repo)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, signal, sys, time; signal.signal(signal.SIGTERM, "
+                               "signal.SIG_IGN); f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX); "
+                               "print('held', flush=True); time.sleep(60)", str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert campaign._lock_holder(lock) == holder.pid
+        st = _cli_in(repo, "campaign", "status")
+        assert st.stdout.startswith(f"campaign running (pid {holder.pid})"), st.stdout
+        sp = _cli_in(repo, "campaign", "stop", "--timeout", "1")
+        assert sp.returncode == 1 and "still stopping" in sp.stdout, sp.stdout + sp.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.slow
+def test_two_starts_at_once_one_driver_and_a_broken_state_still_finds_and_stops_it(tmp_path):
+    """Issue #38: two `campaign start` at the same instant started two drivers; a truncated state file while one
+    runs made status say 'not started', start a second driver and stop answer 'stopped' while it trained on; status
+    read the working tree's queue and grids, not the campaign's own commit."""
+    import sys
+
+    repo = _clone(tmp_path, epochs=400)
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    cmd = [sys.executable, "-m", "ltkit.cli", "campaign", "start", "configs/tiny-campaign.yaml"]
+    procs = [subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    try:
+        started = [o for o in outs if "campaign started" in o[0]]
+        assert len(started) == 1, outs
+        other = next(o for o in outs if o is not started[0])
+        assert "already running" in other[0] or "is starting a campaign here right now" in other[1], outs
+
+        def drivers() -> list[int]:
+            out = []
+            for p in Path("/proc").iterdir():
+                try:
+                    cmdline = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except (OSError, ValueError):
+                    continue
+                if "campaign run" in cmdline and str(repo) in cmdline:
+                    out.append(int(p.name))
+            return out
+
+        _wait(lambda: campaign._lock_holder(campaign.driver_lock(repo)) is not None, 60, "the driver's lock")
+        time.sleep(2)
+        assert len(drivers()) == 1
+        pid = drivers()[0]
+        # the working tree moves on: a grid deleted, the queue edited; status shows the campaign's own queue
+        (repo / "configs" / "tiny-grid.yaml").unlink()
+        st = _cli_in(repo, "campaign", "status")
+        assert st.returncode == 0 and "tiny-grid:ce:seed0" in st.stdout, st.stdout + st.stderr
+        subprocess.run(["git", "-C", str(repo), "checkout", "--", "configs/tiny-grid.yaml"], check=True)
+        # a truncated state file: still found (its lock), named as unreadable; no second driver; stop stops it
+        (repo / ".campaign" / "state.json").write_text('{"pid": ')
+        st = _cli_in(repo, "campaign", "status")
+        assert st.stdout.startswith(f"campaign running (pid {pid})") and "unreadable" in st.stdout, st.stdout
+        again = _cli_in(repo, "campaign", "start", "configs/tiny-campaign.yaml")
+        assert again.returncode == 2 and "is running here" in again.stderr and len(drivers()) == 1, again.stderr
+        sp = _cli_in(repo, "campaign", "stop", "--timeout", "120", timeout=200)
+        assert sp.returncode == 0 and sp.stdout.startswith(f"campaign stopped (pid {pid}"), sp.stdout + sp.stderr
+        assert not campaign._alive(pid) and drivers() == []
+    finally:
+        for p in drivers() if "drivers" in dir() else []:
+            __import__("os").kill(p, 9)
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_elsewhere_resumes_the_campaign_from_the_users_cache(tmp_path):
+    """Issue #38: the working tree is laid anew between sessions, and runs in flight restarted from epoch 0. The
+    campaign's checkpoints now live in the user's cache, keyed by the repository, not its path: stopped after
+    epoch 2 in one clone that is then deleted, the run resumes in a fresh clone at another path (launch 2) and
+    ends with the very predictions of an uninterrupted run."""
+    import os
+    import shutil
+    import sys
+
+    import numpy as np
+
+    first = _clone(tmp_path, epochs=40, name="first")
+    st = campaign.start(first / "configs" / "tiny-campaign.yaml", repo=first)
+    root = campaign.campaign_checkpoints_root(first)
+    assert not root.is_relative_to(first)  # outside the working tree
+
+    def epoch() -> int:
+        hits = list(root.rglob("ce/seed0/progress.json"))
+        return json.loads(hits[0].read_text())["epoch"] if hits else 0
+
+    try:
+        _wait(lambda: epoch() >= 2, 240, "two epochs")
+        assert campaign.stop(repo=first, timeout=120).startswith("campaign stopped")
+    finally:
+        campaign.stop(repo=first, timeout=60)
+    stopped_at = epoch()
+    assert 2 <= stopped_at < 40 and not campaign._alive(st["pid"])
+    shutil.rmtree(first)
+
+    second = _clone(tmp_path / "elsewhere", epochs=40, name="second")
+    assert campaign.campaign_checkpoints_root(second) == root
+    st = campaign.start(second / "configs" / "tiny-campaign.yaml", repo=second)
+    try:
+        _wait(lambda: not campaign._alive(st["pid"]), 600, "the campaign to finish")
+    finally:
+        campaign.stop(repo=second, timeout=60)
+    run = second / "results" / "tiny" / "cao2019" / "synthetic_exp5" / "tiny_cnn" / "ce" / "seed0"
+    hist = __import__("pandas").read_csv(run / "history.csv")
+    assert hist["launch"].iloc[0] == 1 and hist["launch"].iloc[-1] == 2 and hist["epoch"].tolist() == list(range(40))
+    # the same run, uninterrupted, elsewhere
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(second), "LTKIT_CHECKPOINTS": str(tmp_path / "ref-ck")}
+    p = subprocess.run([sys.executable, "-m", "ltkit.cli", "grid", "run", "configs/tiny-grid.yaml", "--only", "ce",
+                        "--seeds", "0", "--results", str(tmp_path / "ref"), "--jobs", "1", "--threads", "1"],
+                       cwd=second, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    ref = next((tmp_path / "ref").rglob("ce/seed0"))
+    with np.load(run / "predictions.npz") as a, np.load(ref / "predictions.npz") as b:
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert json.loads((run / "metrics.json").read_text())["balanced.top1"] == \
+        json.loads((ref / "metrics.json").read_text())["balanced.top1"]

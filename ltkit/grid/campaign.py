@@ -36,7 +36,7 @@ from typing import Any
 
 from ..config.fields import ConfigError
 from ..core.hardware import NICE_ENV, cpu_plan, lower_priority
-from ..core.io import atomic_write_json, read_json, yaml_load
+from ..core.io import LockHeld, atomic_write_json, is_locked, read_json, run_lock, yaml_load
 from ..core.layout import PROGRESS, REPO, campaign_checkpoints_root, default_data_root
 from ..runs.status import Status, load_metrics
 from .plan import data_source, plan, preflight, progress
@@ -207,6 +207,16 @@ def drive(camp: Campaign, home: Path, jobs: int, threads: int, log_level: str = 
     ``home``: the checkout whose results folders receive the runs (the main one, not the worktree)."""
     signal.signal(signal.SIGTERM, _Stop.handler)
     signal.signal(signal.SIGINT, _Stop.handler)
+    try:
+        with run_lock(driver_lock(home)):  # held while it drives: how start / status / stop find it
+            return _drive(camp, home, jobs, threads, log_level)
+    except LockHeld:
+        _log.error(f"another campaign driver holds {driver_lock(home)} (pid {_lock_holder(driver_lock(home))}); "
+                   "this one does not start")
+        return 2
+
+
+def _drive(camp: Campaign, home: Path, jobs: int, threads: int, log_level: str) -> int:
     grids = _grids(camp, home)
     running: dict[Item, subprocess.Popen] = {}
     finished: dict[Item, str] = {}
@@ -339,16 +349,74 @@ def _alive(pid: int | None, started: str | None = None) -> bool:
     return stat[0] != "Z" and (started is None or _started_ticks(pid) == started)
 
 
-def _running(state: dict[str, Any] | None) -> bool:
-    """Whether the campaign that ``state`` describes is still running (not a later process with its pid)."""
-    return bool(state) and _alive(state.get("pid"), state.get("pid_started"))
+def driver_lock(repo: Path = REPO) -> Path:
+    """The lock the campaign's driver holds for as long as it runs (the kernel drops it when the driver dies):
+    sturdier than the state file, which a disk or a hand can break."""
+    return state_dir(repo) / "driver.lock"
+
+
+def _lock_holder(path: Path) -> int | None:
+    """The pid that holds the ``flock`` on ``path``, as the kernel reports it (``/proc/locks``), else the pid the
+    holder wrote into the file (:func:`ltkit.core.io.run_lock`); None where nobody holds it."""
+    if not is_locked(path):
+        return None
+    try:
+        inode = path.stat().st_ino
+        for line in Path("/proc/locks").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 5 and parts[1] == "FLOCK" and parts[5].split(":")[-1] == str(inode):
+                return int(parts[4])
+    except (OSError, ValueError):
+        pass
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _driver(repo: Path, state: dict[str, Any] | None) -> int | None:
+    """The pid of the campaign driver running here, provably: the holder of its lock, or (a driver started by an
+    older ltkit, which held no lock) the state's pid when that process started when the state says it did.
+    A pid without its start time is not proof (pids are reused): None."""
+    pid = _lock_holder(driver_lock(repo))
+    if pid is not None:
+        return pid
+    if state and state.get("pid_started") and _alive(state.get("pid"), state.get("pid_started")):
+        return int(state["pid"])
+    return None
+
+
+def _running(state: dict[str, Any] | None, repo: Path = REPO) -> bool:
+    """Whether a campaign is running here (see :func:`_driver`)."""
+    return _driver(repo, state) is not None
+
+
+class StateUnreadable(ConfigError):
+    """``.campaign/state.json`` exists but is not a state this ltkit wrote (truncated, hand-edited)."""
 
 
 def read_state(repo: Path = REPO) -> dict[str, Any] | None:
+    """The state ``start`` wrote; None where there is none; :class:`StateUnreadable` where it is broken."""
+    path = state_dir(repo) / "state.json"
     try:
-        return read_json(state_dir(repo) / "state.json")
-    except (OSError, ValueError):
+        state = read_json(path)
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as exc:
+        raise StateUnreadable(f"{path} is unreadable ({type(exc).__name__}: {exc})") from None
+    ok = (isinstance(state, dict) and isinstance(state.get("pid"), int) and not isinstance(state.get("pid"), bool)
+          and isinstance(state.get("campaign"), str) and isinstance(state.get("commit"), str))
+    if not ok:
+        raise StateUnreadable(f"{path} is not a campaign state (expected pid, campaign and commit; got "
+                              f"{str(state)[:80]!r})")
+    return state
+
+
+def _state_or_problem(repo: Path) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        return read_state(repo), None
+    except StateUnreadable as exc:
+        return None, str(exc)
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -389,12 +457,26 @@ def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = Non
                           "committed in it, e.g. configs/campaign-cpu.yaml; the campaign trains from a worktree of "
                           "the commit)") from None
     camp = load_campaign(campaign_file)  # checked first: a bad file is named as such, running campaign or not
-    state = read_state(repo)
-    if _running(state):
+    try:
+        with run_lock(state_dir(repo) / "start.lock"):  # the check and the launch as one step: one start wins
+            return _start(camp, rel, repo, commit, jobs, threads, log_level)
+    except LockHeld:
+        raise ConfigError(f"another `ltkit campaign start` (pid {_lock_holder(state_dir(repo) / 'start.lock')}) is "
+                          "starting a campaign here right now; `ltkit campaign status` shows it") from None
+
+
+def _start(camp: Campaign, rel: Path, repo: Path, commit: str | None, jobs: int | None, threads: int | None,
+           log_level: str) -> dict[str, Any]:
+    state, problem = _state_or_problem(repo)
+    pid = _driver(repo, state)
+    if pid is not None:
+        if state is None:
+            raise ConfigError(f"a campaign is running here (pid {pid}, holding {driver_lock(repo)}) but {problem}; "
+                              "`ltkit campaign stop` (make campaign-stop) stops it")
         if state.get("campaign", str(rel)) != str(rel):
-            raise ConfigError(f"campaign {state['campaign']} is already running (pid {state['pid']}); "
+            raise ConfigError(f"campaign {state['campaign']} is already running (pid {pid}); "
                               f"`ltkit campaign stop` (make campaign-stop) first to start {rel} instead")
-        return {**state, "already_running": True}
+        return {**state, "pid": pid, "already_running": True}
     try:
         jobs, threads = cpu_plan(jobs or camp.jobs, threads or camp.threads)
     except ValueError as exc:
@@ -431,18 +513,27 @@ def start(campaign_file: str | Path, repo: Path = REPO, commit: str | None = Non
     return state
 
 
+STILL_STOPPING = "still stopping"
+
+
 def stop(repo: Path = REPO, timeout: float = 600.0) -> str:
-    """Ask the running campaign to stop at its runs' next epoch boundaries and wait for it."""
-    state = read_state(repo)
-    if not _running(state):
-        return "no campaign is running"
-    os.kill(state["pid"], signal.SIGTERM)
+    """Ask the running campaign to stop at its runs' next epoch boundaries and wait for it. Only a driver proven to
+    be this campaign's (:func:`_driver`) is signalled; a message containing :data:`STILL_STOPPING` means it
+    has not stopped within ``timeout`` (the CLI exits 1)."""
+    state, problem = _state_or_problem(repo)
+    pid = _driver(repo, state)
+    if pid is None:
+        return "no campaign is running" + (f" ({problem})" if problem else "")
+    started = _started_ticks(pid)
+    os.kill(pid, signal.SIGTERM)
     deadline = time.time() + timeout
-    while _running(state) and time.time() < deadline:
+    while _alive(pid, started) and time.time() < deadline:
         time.sleep(0.5)
-    if _running(state):
-        return f"campaign (pid {state['pid']}) still stopping after {timeout:.0f} s; see {state['log']}"
-    return f"campaign stopped (pid {state['pid']}, commit {state['commit'][:12]}); runs resume from their checkpoints"
+    log = (state or {}).get("log", state_dir(repo) / "campaign.log")
+    if _alive(pid, started):
+        return f"campaign (pid {pid}) {STILL_STOPPING} after {timeout:.0f} s; see {log}"
+    commit = f", commit {state['commit'][:12]}" if state else ""
+    return f"campaign stopped (pid {pid}{commit}); runs resume from their checkpoints"
 
 
 DEFAULT_CAMPAIGN = "configs/campaign-cpu.yaml"  # what `ltkit campaign status` shows before any start
@@ -451,17 +542,29 @@ DEFAULT_CAMPAIGN = "configs/campaign-cpu.yaml"  # what `ltkit campaign status` s
 def status_lines(campaign_file: str | Path | None = None, repo: Path = REPO) -> list[str]:
     """What ``ltkit campaign status`` prints: the process, then one line per queued run. Where no campaign was
     started (a fresh clone), the lines of ``DEFAULT_CAMPAIGN``: what its committed results already hold."""
-    state = read_state(repo) or {}
-    path = Path(campaign_file) if campaign_file else (repo / state["campaign"] if state.get("campaign") else None)
-    if path is None and not (repo / DEFAULT_CAMPAIGN).is_file():
+    state, problem = _state_or_problem(repo)
+    state = state or {}
+    pid = _driver(repo, state)
+    alive = pid is not None
+    if campaign_file:
+        path = Path(campaign_file)
+    elif state.get("campaign"):
+        # the campaign's own commit: its worktree's file and grids, not the working tree's (edited or deleted since)
+        own = Path(state.get("worktree") or "") / state["campaign"]
+        path = own if alive and state.get("worktree") and own.is_file() else repo / state["campaign"]
+    else:
+        path = None
+    if path is None and not (repo / DEFAULT_CAMPAIGN).is_file() and not problem:
         return ["no campaign has been started here (make campaign)"]
-    alive = _running(state)
-    head = (f"campaign {'running' if alive else 'not running'}" + (f" (pid {state['pid']})" if alive else "")
-            + (f", commit {state['commit'][:12]}, {state['jobs']} x {state['threads']} thread(s), started "
-               f"{state['started']}, log {state['log']}" if state.get("commit") else ""))
+    head = (f"campaign {'running' if alive else 'not running'}" + (f" (pid {pid})" if alive else "")
+            + (f", commit {state['commit'][:12]}, {state.get('jobs')} x {state.get('threads')} thread(s), started "
+               f"{state.get('started')}, log {state.get('log')}" if state.get("commit") else ""))
+    if problem:
+        head += f"; {problem}"
     if path is None:
         path = repo / DEFAULT_CAMPAIGN
-        head = f"no campaign has been started here (make campaign); {DEFAULT_CAMPAIGN}:"
+        if not problem:
+            head = f"no campaign has been started here (make campaign); {DEFAULT_CAMPAIGN}:"
     camp = load_campaign(path)
     rows = item_states(camp, repo)
     counts: dict[str, int] = {}

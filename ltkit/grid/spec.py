@@ -52,6 +52,7 @@ class Grid:
     path: Path | None = None
     pack: int | str = "auto"  # auto: up to PACK_AUTO runs per pack on a GPU, none on a CPU; off; or a number >= 2
     checkpoints: Path | None = None  # the checkpoint root (default: layout.checkpoints_root())
+    home: Path | None = None  # the checkout its relative paths name (default: layout.home())
 
     def run_dir(self, cfg: RunConfig) -> Path:
         return self.results / cfg.run_path()
@@ -64,7 +65,7 @@ class Grid:
         are in a per-user cache, :func:`layout.campaign_checkpoints_root`) finds the same checkpoints."""
         res = self.results.resolve()
         try:
-            where = res.relative_to(default_home().resolve()).as_posix()
+            where = res.relative_to((self.home or default_home()).resolve()).as_posix()
         except ValueError:
             where = str(res)
         key = hashlib.sha256(where.encode()).hexdigest()[:8]
@@ -181,7 +182,7 @@ def grid_from_spec(spec: dict, overrides: dict | None = None, results: str | Pat
     if not res.is_absolute():
         res = checkout / res
     return Grid(name, res, runs, dict(spec.get("slurm") or {}), spec.get("runs_per_gpu", "auto"), path,
-                check_pack(spec.get("pack", "auto")))
+                check_pack(spec.get("pack", "auto")), home=checkout)
 
 
 def check_pack(value: Any) -> int | str:
