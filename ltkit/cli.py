@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--dataset", default="cifar100")
     d.add_argument("--protocol", action="append", help="pack: cao2019 or thesis (repeatable)")
     d.add_argument("--imb-factor", type=float, default=100)
+    d.add_argument("--subset-seed", type=int, action="append", default=None,
+                   help="pack: cao2019's subset draw(s) to include (repeatable; default 0, Cao et al.'s own images)")
     d.add_argument("--no-test", action="store_true", help="leave the test images out of the pack")
     args = ap.parse_args(argv)
     setup_logging(args.log_level)
@@ -166,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.src and args.out and args.protocol):
             print("ltkit: data pack needs --src, --out and --protocol", file=sys.stderr)
             return 2
-        specs = [{"protocol": p, "imb_factor": args.imb_factor} for p in args.protocol]
+        subset_seeds = args.subset_seed or [0]
+        if any(x < 0 for x in subset_seeds):
+            print(f"ltkit: bad value for --subset-seed: {subset_seeds} (accepted: integers >= 0)", file=sys.stderr)
+            return 2
+        specs = [{"protocol": p, "imb_factor": args.imb_factor, **({"subset_seed": s} if p == "cao2019" else {})}
+                 for p in args.protocol for s in (subset_seeds if p == "cao2019" else [0])]
         print(pack_subset(args.src, args.dataset, args.out, specs, test=not args.no_test))
         return 0
 

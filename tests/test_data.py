@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 import pytest
 from conftest import cifar_root
 
@@ -215,3 +216,19 @@ def test_short_classes_file_is_refused(tmp_path):
     root, _ = _npz_root(tmp_path, dict(images=_X, labels=_Y), classes="apple\nbanana\n")
     with pytest.raises(DataError, match="2 class names.*accepted: 100"):
         load_dataset("cifar100", "cao2019", root=root, imb_factor=2, val_per_class=1)
+
+
+def test_a_pack_holds_every_subset_seed_it_is_asked_for(tmp_path):
+    """Issue #38: `ltkit data pack` dropped subset_seed, so the subsets grid could never load its pack (4,847 images
+    missing on the real data). A pack of subset seeds 0 and 1 loads both draws, image for image."""
+    from ltkit.data.bundle import pack_subset
+
+    pool = synthetic_pool(num_classes=100, train_per_class=30, test_per_class=1)
+    (tmp_path / "full").mkdir()
+    root, _ = _npz_root(tmp_path / "full", dict(images=pool.train_images, labels=pool.train_labels.astype(np.uint8)))
+    out = tmp_path / "pack" / "cifar100"
+    pack_subset(root, "cifar100", out, [{"protocol": "cao2019", "imb_factor": 10, "subset_seed": s} for s in (0, 1)])
+    for s in (0, 1):
+        full = load_dataset("cifar100", "cao2019", root=root, imb_factor=10, val_per_class=2, subset_seed=s)
+        packed = load_dataset("cifar100", "cao2019", root=out.parent, imb_factor=10, val_per_class=2, subset_seed=s)
+        assert torch.equal(full.train.images, packed.train.images) and torch.equal(full.val.images, packed.val.images)

@@ -40,7 +40,8 @@ def pack_subset(src_root: str | Path, dataset: str, out_dir: str | Path, protoco
 
     The lent GPU machine receives at most 64 MiB per call; this keeps only the
     images a study touches (with their original indices, so every split comes
-    out identical) plus a ``SHA256SUMS`` of its own.
+    out identical) plus a ``SHA256SUMS`` of its own. A cao2019 setting's ``subset_seed`` (another draw
+    of the same counts, the subsets grid) is honoured: each seed's images are packed.
     """
     pool = load_pool(dataset, root=src_root, download=False)
     need_tr = np.zeros(len(pool.train_labels), bool)
@@ -51,7 +52,7 @@ def pack_subset(src_root: str | Path, dataset: str, out_dir: str | Path, protoco
         name = spec.pop("protocol")
         if name == "cao2019":
             ix = cao2019_indices(pool.train_labels, k, spec.get("imb_factor", 100), spec.get("imb_type", "exp"),
-                                 spec.get("val_per_class", 20))
+                                 spec.get("val_per_class", 20), spec.get("subset_seed", 0))
             need_tr[ix["train"]] = need_tr[ix["val"]] = True
         elif name == "thesis":
             ix = thesis_indices(pool.train_labels, k, spec.get("imb_factor", 100), spec.get("imb_type", "exp"),
