@@ -1,6 +1,6 @@
 import numpy as np
-import torch
 import pytest
+import torch
 from conftest import cifar_root
 
 from ltkit.core.registry import UnknownNameError
