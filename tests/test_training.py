@@ -298,3 +298,52 @@ def test_tensorboard_scalars_for_a_demo_run(tmp_path):
     assert [e.step for e in ea.Scalars("train/train_loss")] == [0, 1, 2]
     assert np.allclose(loss, r.history["train_loss"].to_numpy(), rtol=1e-6)
     assert make_config(cfg).fingerprint() == make_config({**cfg, "tensorboard": False}).fingerprint()
+
+
+def test_mixup_is_off_by_default_and_changes_no_earlier_fingerprint(tiny_cfg):
+    """Issue #38: mixup in stage one is a recipe option; off (the default), every fingerprint is what it was."""
+    base = make_config(tiny_cfg)
+    assert base.mixup == 0.0 and make_config({**tiny_cfg, "mixup": 0}).fingerprint() == base.fingerprint()
+    assert make_config({**tiny_cfg, "mixup": 1.0}).fingerprint() != base.fingerprint()
+    with pytest.raises(ConfigError, match=r"'mixup': -1 .*accepted: a finite number >= 0"):
+        make_config({**tiny_cfg, "mixup": -1})
+    from ltkit.training.packing import packable
+
+    assert "mixup" in packable(make_config({**tiny_cfg, "mixup": 1.0}))
+
+
+def test_mixup_trains_differently_and_repeats_itself_exactly(tiny_cfg, tmp_path):
+    """Every mixup draw (lam per batch, the pairing) comes from (seed, epoch): two runs are identical, and a run killed
+    after its first epoch resumes to the same weights (its checkpoint holds epoch 0)."""
+    cfg = {**tiny_cfg, "mixup": 1.0}
+    a = run(cfg, progress=False)
+    b = run(cfg, progress=False)
+    plain = run(tiny_cfg, progress=False)
+    assert a.metrics["balanced.top1"] == b.metrics["balanced.top1"]
+    assert np.array_equal(a.predictions["balanced"], b.predictions["balanced"])
+    assert not np.allclose(a.history["train_loss"], plain.history["train_loss"])
+    # resume: train epoch 0 only (max epochs 2, stopped by a checkpoint copy), then finish from it
+    full = run(cfg, ckpt_dir=tmp_path / "full", progress=False)
+    import shutil
+
+    import ltkit.training.loop as loop
+
+    real = loop.save_last
+    calls = {"n": 0}
+
+    def stop_after_first(*args, **kw):
+        real(*args, **kw)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+
+    loop.save_last = stop_after_first
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg, ckpt_dir=tmp_path / "killed", progress=False)
+    finally:
+        loop.save_last = real
+    resumed = run(cfg, ckpt_dir=tmp_path / "killed", progress=False)
+    assert resumed.history["launch"].tolist() == [1, 2]
+    assert np.array_equal(resumed.predictions["balanced"], full.predictions["balanced"])
+    shutil.rmtree(tmp_path, ignore_errors=True)

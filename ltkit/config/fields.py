@@ -31,7 +31,7 @@ CLASSIFIERS = ("linear", "cosine")
 
 # Fields added after runs were recorded, with the value every earlier run had: a run at that value keeps the
 # fingerprint it had before the field existed (fp32 is what every CPU run did before precision was a setting).
-LEGACY_DEFAULTS: dict[str, Any] = {"precision": "fp32", "subset_seed": 0}
+LEGACY_DEFAULTS: dict[str, Any] = {"precision": "fp32", "subset_seed": 0, "mixup": 0.0}
 
 # How a number field is written in a run's identity, so that ``100`` and ``100.0`` name one run (YAML, a notebook's
 # parameter cell and ``--set`` write either). The forms are the ones every recorded run already has: the grid files
@@ -88,6 +88,7 @@ class RunConfig:
     image_size: int | None = None
     pretrained: bool | None = None
     sampler: str = _field("instance", PER_RUN)
+    mixup: float = 0.0  # stage one: mixup's Beta(alpha, alpha) (Zhang et al. 2018; MiSLAS: alpha = 1); 0: off
     normalization: str | None = None  # recipe: the protocol's published constants; dataset: the data's own
     classifier: str | None = _field(None, PER_RUN)  # linear or cosine (Cao et al.'s normed classifier; LDAM's default)
     loss_params: dict = _field(role=PER_RUN, factory=dict)

@@ -23,7 +23,15 @@ DATASET_NAMES = {"cifar100_lt": "CIFAR-100-LT", "cifar10_lt": "CIFAR-10-LT"}
 # the method of ours they read beside (they sort right after it).
 PAPER_METHODS = {"cb_reweighting": ("CB re-weighting", "cb"), "cb_focal": ("CB focal", "cb"),
                  "cb_best": ("CB (best)", "cb"), "eql": ("EQL", "seql"), "ce_drs": ("CE-DRS", "ce_drw"),
-                 "la_loss": ("LA loss", "la"), "cb_resampling": ("CB re-sampling", "ce_cbs")}
+                 "la_loss": ("LA loss", "la"), "cb_resampling": ("CB re-sampling", "ce_cbs"),
+                 "mislas": ("MiSLAS", "crt_mixup")}
+MIXUP = "_mixup"  # a method trained with mixup in stage one (ce_mixup), or a stage two from such a run (crt_mixup)
+
+
+def _mixup_base(method: str) -> str | None:
+    """The loss or procedure a ``<name>_mixup`` method is a mixup variant of (None: not one)."""
+    base = method.removesuffix(MIXUP)
+    return base if method.endswith(MIXUP) and (base in LOSSES or base in PROCEDURES) else None
 
 
 def _thesis_losses() -> list[str]:
@@ -58,6 +66,11 @@ def method_label(method: str) -> str:
         return f"{LOSSES.info(variant[0]).label} + {SAMPLERS.info(variant[1]).label}"
     if method in PAPER_METHODS:
         return PAPER_METHODS[method][0]
+    base = _mixup_base(method)
+    if base in LOSSES:
+        return f"{method_label(base)} + mixup"
+    if base:
+        return f"{method_label(base)} (mixup stage one)"
     return method
 
 
@@ -73,6 +86,9 @@ def _rank(method: str) -> tuple:
     if method in PAPER_METHODS:
         after = _rank(PAPER_METHODS[method][1])
         return (*after[:3], 1 + list(PAPER_METHODS).index(method))
+    base = _mixup_base(method)
+    if base:  # right after its plain counterpart
+        return (*_rank(base)[:3], 0.5)
     return (3, 0, 0, 0)
 
 

@@ -15,7 +15,7 @@ from ..training.procedures import PROCEDURES
 from .names import DATASET_NAMES, method_order
 
 # our method label -> the name the published table uses for the same method
-PUBLISHED_NAMES = {"la": "la_loss", "cb": "cb_reweighting", "ce_cbs": "cb_resampling"}
+PUBLISHED_NAMES = {"la": "la_loss", "cb": "cb_reweighting", "ce_cbs": "cb_resampling", "crt_mixup": "mislas"}
 
 
 RECIPE_REASONS = {
@@ -23,6 +23,8 @@ RECIPE_REASONS = {
                "run's number moves with its seed",
     "la_recipe": "Menon et al. train longer than the cao2019 recipe (and average 5 trials)",
     "cui_recipe": "Cui et al.'s schedule and augmentation differ from the cao2019 recipe",
+    "mislas_recipe": "MiSLAS trains stage one with mixup and a cosine schedule, and re-trains the classifier with "
+                     "label-aware smoothing and shifted batch normalisation (our cRT with mixup lacks the last two)",
 }
 
 
@@ -125,7 +127,8 @@ def _tolerance(runs: pd.DataFrame, seed_std: float) -> tuple[float, str]:
     return 0.5, "0.5 points (one seed, no interval recorded)"
 
 
-CITE_KEYS = {"Cao et al. 2019": "cao2019ldam", "Cui et al. 2019": "cui2019cb", "Menon et al. 2021": "menon2021la"}
+CITE_KEYS = {"Cao et al. 2019": "cao2019ldam", "Cui et al. 2019": "cui2019cb", "Menon et al. 2021": "menon2021la",
+             "Zhong et al. 2021": "zhong2021mislas"}
 
 
 def source_note(source: str) -> str:
@@ -133,8 +136,9 @@ def source_note(source: str) -> str:
     ('re-run', 'tuned tau'); the paper's title or arXiv id in the CSV's spelling is dropped, so one
     paper's table is one footnote however the CSV spells it."""
     m = re.match(r"(?P<paper>.+? et al\. \d{4})\s*(?:\([^)]*\)\s*)?(?P<table>Table \d+)(?P<rest>.*)", source)
-    if not m:
-        return source
+    if not m:  # a paper's result quoted without its table number: the paper alone
+        p = re.match(r"(?P<paper>.+? et al\. \d{4})\b", source)
+        return f"{{cite:t}}`{CITE_KEYS[p['paper']]}`" if p and p["paper"] in CITE_KEYS else source
     rest = re.sub(r"^,.*", "", m["rest"]).strip()  # ', mean of 5 trials' is said in the chapter's text
     paper = f"{{cite:t}}`{CITE_KEYS[m['paper']]}`" if m["paper"] in CITE_KEYS else m["paper"]
     return f"{paper}, {m['table']}" + (f" {rest}" if rest else "")

@@ -114,6 +114,7 @@ def make_config(params: dict[str, Any] | None = None, **overrides: Any) -> RunCo
     _int(d, "eval_batch_size", 1)
     _int(d, "max_steps", 1, allow_none=True)
     _int(d, "bootstrap", 0)
+    _num(d, "mixup", 0)
     for name in ("loss_params", "procedure_params", "model_params", "source_params"):
         if not isinstance(d[name], dict):
             raise _bad(name, d[name], "a mapping of parameter names to values")

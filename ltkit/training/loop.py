@@ -106,17 +106,24 @@ def train_one_epoch(ctx: Context, model: nn.Module, fwd: nn.Module, loss_fn: nn.
     correct = torch.zeros((), device=device, dtype=torch.long)
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
     seen = 0
+    # mixup (Zhang et al. 2018, Eq. 1): x = lam x_i + (1 - lam) x_j, loss = lam l(y_i) + (1 - lam) l(y_j), one
+    # lam ~ Beta(alpha, alpha) per batch; drawn from (seed, epoch) like every other draw, so a resumed run repeats
+    mix = np.random.default_rng([cfg.seed, epoch, 0x6D6978]) if cfg.mixup else None
     for step, idx in enumerate(batches(order, cfg.batch_size)):
         if cfg.max_steps is not None and step >= cfg.max_steps:
             break
         idx_t = torch.from_numpy(idx).to(device, non_blocking=True)
         x = augment(ctx.train.images[idx_t], cfg.image_size, ctx.mean, ctx.std, gen)
+        y = ctx.train.labels[idx_t]
+        if mix is not None:
+            lam = float(mix.beta(cfg.mixup, cfg.mixup))
+            perm = torch.randperm(len(idx), generator=gen, device=device)
+            x = lam * x + (1.0 - lam) * x[perm]
         if ctx.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = ctx.train.labels[idx_t]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx.amp):
             logits = fwd(x)
-        loss = loss_fn(logits, y)
+        loss = loss_fn(logits, y) if mix is None else lam * loss_fn(logits, y) + (1.0 - lam) * loss_fn(logits, y[perm])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

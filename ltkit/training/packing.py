@@ -13,6 +13,8 @@ def packable(cfg: RunConfig) -> str | None:
         return f"procedure {cfg.procedure!r} is not plain training"
     if MODELS.info(cfg.model).family != "cifar":
         return f"model {cfg.model!r} is a 224-px backbone (packing pays for small CIFAR networks)"
+    if cfg.mixup:
+        return "mixup is trained by the single-run loop (the packed model does not mix its batches)"
     if cfg.sampler == "oversample":
         return "the oversample sampler's epochs are longer than the other samplers'"
     return None
