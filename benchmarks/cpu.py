@@ -17,7 +17,8 @@ Measured, each in its own process (threads fixed before torch starts):
 
 and the minutes a 200-epoch cao2019 run takes for each. ``best_split`` (jobs x threads with the most
 training images/s through the whole loop) is what ``ltkit grid run`` and the campaign use by default
-on a machine with this many cores (:func:`ltkit.core.hardware.cpu_plan`).
+on a machine with this CPU model and this many cores (:func:`ltkit.core.hardware.cpu_plan`): the file
+keeps one entry per machine (``machines``), and a run replaces only its own machine's.
 
     python benchmarks/cpu.py                  # make bench on a machine without a GPU (~8 min on 2 cores)
     python benchmarks/cpu.py --tiny           # seconds; the figures mean nothing, the format is tested
@@ -213,7 +214,7 @@ def main() -> None:
         else:
             print(json.dumps(_loop_worker(rest[0], int(rest[1]), rest[2] == "1")))
         return
-    from ltkit.core.hardware import cores, cpu_bf16_units, cpu_model
+    from ltkit.core.hardware import cores, cpu_benchmarks, cpu_bf16_units, cpu_model, machine_key
     from ltkit.runs.provenance import environment
 
     n = cores()
@@ -242,8 +243,14 @@ def main() -> None:
     print(f"best split on {b['cores']} cores: {b['jobs']} run(s) x {b['threads']} thread(s)")
     out = Path(args.out or REPO / "benchmarks" / "results" / ("cpu_tiny.json" if args.tiny else "cpu.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    machines = cpu_benchmarks(out)  # the other CPUs measured before stay; this machine's entry is replaced
+    machines[machine_key(n_cores=n)] = report
+    doc = {"about": "make bench (benchmarks/cpu.py) on a CPU: one entry per CPU model and core count; ltkit grid run "
+                    "and the campaign take the best_split of the machine they run on", "machines": machines}
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(f"wrote {out} ({machine_key(n_cores=n)}; {len(machines)} machine(s) in it)")
 
 
 if __name__ == "__main__":

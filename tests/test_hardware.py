@@ -164,7 +164,8 @@ def test_cpu_plan_never_oversubscribes(monkeypatch, tmp_path):
 def test_the_measured_split_is_the_default_for_its_core_count(monkeypatch, tmp_path):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     bench = tmp_path / "cpu.json"
-    bench.write_text(json.dumps({"best_split": {"cores": 4, "jobs": 2, "threads": 2}}))
+    bench.write_text(json.dumps({"machines": {hardware.machine_key(n_cores=4): {"best_split": {"cores": 4, "jobs": 2,
+                                                                                             "threads": 2}}}}))
     monkeypatch.setattr(hardware, "CPU_BENCHMARK", bench)
     assert hardware.cpu_plan(None, None, 4) == (2, 2)
     assert hardware.cpu_plan(None, None, 8) == (1, 8)  # measured on another core count: not used
@@ -189,3 +190,20 @@ def test_ltkit_nice_lowers_the_training_process():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**os.environ, "LTKIT_NICE": "7"})
     assert p.stdout.strip() == str(max(7, os.nice(0)))
+
+
+def test_the_measured_split_is_the_one_of_this_cpu_model(monkeypatch, tmp_path):
+    """Issue #38: one entry per CPU model and core count; the default split is the one measured on the CPU that runs,
+    never another CPU's with the same core count; a file from before (one machine at its top level) still reads."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    bench = tmp_path / "cpu.json"
+    bench.write_text(json.dumps({"machines": {
+        "Intel(R) Xeon(R) Processor, 2 cores": {"best_split": {"cores": 2, "jobs": 2, "threads": 1}},
+        "AMD EPYC 9R14, 2 cores": {"best_split": {"cores": 2, "jobs": 1, "threads": 2}}}}))
+    monkeypatch.setattr(hardware, "CPU_BENCHMARK", bench)
+    for model, split in (("Intel(R) Xeon(R) Processor", (2, 1)), ("AMD EPYC 9R14", (1, 2)), ("Some other CPU", None)):
+        monkeypatch.setattr(hardware, "cpu_model", lambda model=model: model)
+        assert hardware.measured_cpu_split(2) == split
+        assert hardware.cpu_plan(None, None, 2) == (split or (1, 2))
+    bench.write_text(json.dumps({"device": "cpu: Some other CPU, 2 cores", "best_split": {"cores": 2, "jobs": 2, "threads": 1}}))
+    assert hardware.measured_cpu_split(2) == (2, 1)

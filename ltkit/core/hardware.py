@@ -163,14 +163,39 @@ def oversubscription(jobs: int, threads: int, n_cores: int | None = None) -> str
 CPU_BENCHMARK = REPO / "benchmarks" / "results" / "cpu.json"  # written by `make bench` on a CPU
 
 
-def measured_cpu_split(n_cores: int | None = None, path: Path | None = None) -> tuple[int, int] | None:
-    """(jobs, threads per run) with the most training images/s that ``make bench`` measured on a machine
-    with this many cores (None: no measurement for this core count)."""
+def machine_key(model: str | None = None, n_cores: int | None = None) -> str:
+    """How ``cpu.json`` names a machine: its CPU model and core count ('Intel(R) Xeon(R) Processor, 2 cores')."""
+    return f"{model or cpu_model() or 'unknown CPU'}, {n_cores or cores()} cores"
+
+
+def cpu_benchmarks(path: Path | None = None) -> dict[str, dict]:
+    """Every machine ``make bench`` measured (``cpu.json``'s ``machines``: one entry per CPU model and core count,
+    since the best split of the cores differs between CPUs: AMX against AVX512-BF16 units, say). A file written
+    before there were several (one report at its top level) reads as that one machine. Empty: none measured."""
     try:
-        best = json.loads(Path(path or CPU_BENCHMARK).read_text())["best_split"]
-        if int(best["cores"]) == (n_cores or cores()):
+        doc = json.loads(Path(path or CPU_BENCHMARK).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    if isinstance(doc.get("machines"), dict):
+        return {k: v for k, v in doc["machines"].items() if isinstance(v, dict)}
+    if "best_split" in doc:
+        return {str(doc.get("device", "unknown CPU")).removeprefix("cpu: "): doc}
+    return {}
+
+
+def measured_cpu_split(n_cores: int | None = None, path: Path | None = None,
+                       model: str | None = None) -> tuple[int, int] | None:
+    """(jobs, threads per run) with the most training images/s that ``make bench`` measured on *this* CPU model
+    with this many cores (None: this machine was not measured; another CPU's figures are not used)."""
+    n = n_cores or cores()
+    entry = cpu_benchmarks(path).get(machine_key(model, n))
+    try:
+        best = entry["best_split"]
+        if int(best["cores"]) == n:
             return int(best["jobs"]), int(best["threads"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (TypeError, KeyError, ValueError):
         pass
     return None
 
