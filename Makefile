@@ -1,4 +1,4 @@
-# ltkit: make setup | test | demo | run-all | bench | book | publish | lock | clean | campaign | campaign-status | campaign-stop
+# ltkit: make setup | test | demo | run-all | fetch | bench | book | publish | lock | clean | campaign | campaign-status | campaign-stop
 #        | gpu-bundle | gpu-session | gpu-import | gpu-bench
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -15,7 +15,7 @@ endif
 
 LOCK   := requirements.lock
 
-.PHONY: setup test demo run-all bench book publish lock clean clean-results lint gpu-bundle gpu-session gpu-import gpu-bench \
+.PHONY: setup test demo run-all fetch bench book publish lock clean clean-results lint gpu-bundle gpu-session gpu-import gpu-bench \
         campaign campaign-status campaign-stop
 
 setup: $(VENV)/.installed
@@ -48,11 +48,22 @@ demo: setup
 	$(LTKIT) grid run configs/demo.yaml
 	$(MAKE) book
 
-# Every grid runs even if one has failures; the book is built from what finished; then the exit
-# status says whether anything failed (`ltkit grid status <grid>` lists what).
+# First what it will cost (`ltkit grid plan`: runs to do, GPU-hours per backbone from the committed benchmark,
+# disk), then a smoke pass (every model x method for 2 steps on the real data, minutes on one GPU; SMOKE=0 skips
+# it), which stops with one line per failure before any real run. Then every grid runs even if one has failures;
+# the book is built from what finished; the exit status says whether anything failed (`ltkit grid status`).
+SMOKE ?= 1
 run-all: setup
+	@for g in $(GPU_GRIDS); do $(LTKIT) grid plan $$g || exit 2; done
+	@if [ "$(SMOKE)" != 0 ]; then for g in $(GPU_GRIDS); do $(LTKIT) grid smoke $$g || { \
+	  echo "smoke pass of $$g failed (lines above): fix them, or SMOKE=0 make run-all to skip the pass"; exit 1; }; done; fi
 	@status=0; for g in $(GPU_GRIDS); do $(LTKIT) grid run $$g || status=1; done; \
 	$(MAKE) book; exit $$status
+
+# On a machine with internet (a cluster's login node): every pretrained weight and data set the grids need, into
+# the caches their runs read (TORCH_HOME, HF_HOME, LTKIT_DATA), verified; the compute nodes then run offline.
+fetch: setup
+	@status=0; for g in $(GPU_GRIDS); do $(LTKIT) fetch $$g || status=1; done; exit $$status
 
 # On a GPU: benchmarks/throughput.py. On a CPU: benchmarks/cpu.py (appendix A's CPU section); a running campaign
 # is stopped at an epoch boundary for it (the figures would measure the campaign too) and started again after.

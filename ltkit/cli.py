@@ -7,6 +7,9 @@
     ltkit data pack   --src ../shared/data --out .gpu_data/cao --protocol cao2019
     ltkit data inspect --src path/to/my_images    # one sub-folder per class: counts, IF, bad files
     ltkit data subsets --out book/data/cao2019_subsets.json   # Cao et al.'s CIFAR-LT image lists
+    ltkit grid plan   configs/thesis.yaml         # runs to do, projected GPU-hours per backbone, disk
+    ltkit grid smoke  configs/thesis.yaml         # every model x method for 2 steps on the real data
+    ltkit fetch       configs/thesis.yaml         # weights and data into the caches (a login node with internet)
     ltkit reproduce results/cao2019/cifar100_exp100/resnet32/ce/seed0 [--smoke | --epochs N] [--out DIR]
     ltkit results portable [--check]              # committed records name no folder of the machine that made them
 """
@@ -92,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="how much the library logs (default: info)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("grid", help="list, run or report a grid of runs")
-    g.add_argument("action", choices=["list", "run", "status", "record"],
-                   help="record: execute the notebooks of finished packed runs that lack one (CPU)")
+    g.add_argument("action", choices=["list", "run", "status", "record", "plan", "smoke"],
+                   help="record: execute the notebooks of finished packed runs that lack one (CPU); plan: runs to do and "
+                        "their projected GPU-hours and disk; smoke: every model x method for 2 steps on the real data")
     g.add_argument("grid", help="grid YAML file (configs/*.yaml)")
     g.add_argument("--force", action="store_true", help="re-run finished runs")
     g.add_argument("--no-dedupe", action="store_true", help="also train runs that are identical to CE by construction")
@@ -125,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--home", default=None, help="run: the checkout whose results folders receive the runs")
     c.add_argument("--commit", default=None, help="start: the commit to train from (default: HEAD)")
     c.add_argument("--timeout", type=float, default=600.0, help="stop: seconds to wait for the runs to stop")
+    f = sub.add_parser("fetch", help="download a grid's pretrained weights and data into the caches its runs read "
+                                     "(on a machine with internet, for compute nodes without it)")
+    f.add_argument("grid", help="grid YAML file (configs/thesis.yaml)")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for grid run")
     r = sub.add_parser("reproduce", help="re-make a committed run into a scratch folder and compare it with the record")
     r.add_argument("run_dir", help="a finished run's results folder, e.g. results/cao2019/cifar100_exp100/resnet32/ce/seed0")
     r.add_argument("--smoke", action="store_true", help="1 epoch of 2 steps: a check of the pipeline, not a reproduction")
@@ -181,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         return _campaign(args)
     if args.cmd == "reproduce":
         return _reproduce(args)
+    if args.cmd == "fetch":
+        return _fetch(args)
     if args.cmd == "results":
         return _results(args)
 
@@ -237,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
         print(spend_line(grid))
         return 0
+    if args.action == "plan":
+        return _grid_plan(grid)
+    if args.action == "smoke":
+        return _grid_smoke(grid)
     if args.action == "record":
         from .grid.execute import record_notebooks
 
@@ -276,6 +290,54 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {p}", file=sys.stderr)
         return 1
     return 0
+
+
+def _grid_plan(grid) -> int:
+    """``ltkit grid plan``: what is left and what it will cost (GPU-hours per backbone, disk), before any spend."""
+    from .grid.cost import cost_lines, grid_cost
+
+    print("\n".join(cost_lines(grid_cost(grid))))
+    return 0
+
+
+def _grid_smoke(grid) -> int:
+    """``ltkit grid smoke``: every model x method for 2 steps on the real data; one line per failure (exit 1)."""
+    from .grid.cost import smoke
+
+    failed = smoke(grid)
+    for what, why in failed:
+        print(f"FAILED {what}: {why}", file=sys.stderr)
+    n = len({(r.model, r.method, r.data_tag()) for r in grid.runs})
+    print(f"smoke pass of {grid.name}: {n - len(failed)} of {n} model x method x data combinations ran 2 steps"
+          + (f"; {len(failed)} failed (above): fix them before the real runs" if failed else ""))
+    return 1 if failed else 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    """``ltkit fetch GRID``: every pretrained weight and data set the grid's runs need, into the caches they read,
+    verified; one table (what, where, size, status, how verified). Exit 1 when anything is missing."""
+    from .config import ConfigError
+    from .core.layout import default_data_root
+    from .data.sources import fetch_data
+    from .grid.spec import load_grid
+    from .models import weights
+
+    try:
+        grid = load_grid(args.grid, _overrides(args.set))
+    except ConfigError as exc:
+        print(f"ltkit: {exc}", file=sys.stderr)
+        return 2
+    rows = [weights.fetch(m) for m in sorted({r.model for r in grid.runs if r.pretrained})]
+    rows += [fetch_data(d, root or default_data_root()) for d, root in sorted({(r.dataset, r.data_root or "")
+                                                                                for r in grid.runs})]
+    print(f"{'what':58s} {'status':11s} {'MB':>8s}  where / verified")
+    for r in rows:
+        print(f"{r.what:58s} {r.status:11s} {r.size / 1e6:8.1f}  {r.where}" + (f"  [{r.verified}]" if r.verified else "")
+              + (f"  {r.detail}" if r.detail else ""))
+    bad = [r for r in rows if r.status not in ("cached", "downloaded")]
+    print(f"{len(rows) - len(bad)} of {len(rows)} in place" + (f"; {len(bad)} not: see above" if bad else
+                                                                  "; `ltkit grid run` can run offline now"))
+    return 1 if bad else 0
 
 
 def _grid_fingerprint_problem(run_dir, fingerprint: str) -> str | None:

@@ -77,3 +77,11 @@ def test_declared_dependencies_are_used_and_used_ones_declared():
     third_party = {m for m in used | _imports(tests) if m not in stdlib and m not in {"ltkit", "benchmarks", "conftest"}}
     undeclared = third_party - declared_modules
     assert not undeclared, f"imported but not declared: {sorted(undeclared)}"
+
+
+def test_tqdm_draws_a_widget_bar_in_jupyterlab():
+    """Issue #36: without ipywidgets, tqdm.auto in a notebook prints "IProgress not found" instead of a bar."""
+    import ipywidgets
+    from tqdm import notebook
+
+    assert ipywidgets.__version__ and notebook.IProgress is not None

@@ -149,12 +149,12 @@ def test_runs_per_gpu_follow_the_measured_peak_memory():
 
 def test_offline_grid_stops_before_any_run_with_one_message(tmp_path, monkeypatch):
     """The thesis grid offline: one check per backbone and data source, in seconds, nothing written."""
-    import ltkit.models.factories as models_mod
+    import ltkit.models.weights as models_mod
     from ltkit.grid.executors import run_grid
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(models_mod, "_reachable", lambda host: False)
+    monkeypatch.setattr(models_mod, "reachable", lambda url: False)
     g = load_grid(REPO / "configs" / "thesis.yaml", {"data_root": str(tmp_path / "nodata")}, tmp_path / "res")
     t0 = time.time()
     with pytest.raises(ConfigError) as err:
@@ -162,7 +162,7 @@ def test_offline_grid_stops_before_any_run_with_one_message(tmp_path, monkeypatc
     msg = str(err.value)
     assert time.time() - t0 < 60 and "\n" not in msg
     for needle in ("cannot start the grid", "LTKIT_DATA", "TORCH_HOME", "HF_HOME", "resnet50", "mobilenet_v2",
-                   "convnext_base", "vit_b_16"):
+                   "convnext_base", "vit_b_16", "ltkit fetch"):
         assert needle in msg, needle
     assert not (tmp_path / "res").exists()  # no failed-run folders
 

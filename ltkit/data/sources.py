@@ -294,3 +294,39 @@ def source_defaults(name: str) -> dict[str, object]:
 
 def load_pool(dataset: str, root: str | Path | None = None, download: bool = True, **kw: object) -> Pool:
     return SOURCES.get(dataset)(root=root, download=download, **kw)
+
+
+# torchvision's download addresses of the data sets it can fetch (its own MD5 checks the archive)
+DOWNLOADABLE = {"cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"}
+
+
+def fetch_data(dataset: str, root: str | Path | None = None):
+    """``ltkit fetch`` for a data set: already under ``root`` (``LTKIT_DATA``) and verified (the npz pair against its
+    ``SHA256SUMS``, or torchvision's files), else downloaded by torchvision (its MD5), else why not. Returns a
+    :class:`ltkit.core.download.Fetched`; a source that cannot be downloaded (synthetic, one's own folder) says so."""
+    from ..core.download import Fetched, reachable
+
+    root = Path(root) if root else default_data_root()
+    what = f"{dataset} data"
+    if dataset not in DOWNLOADABLE:
+        return Fetched(what, str(root), "cached", 0, "", "nothing to fetch (generated, or your own folder)")
+    try:
+        pool = load_pool(dataset, root=root, download=False)
+        where = pool.origin if pool.origin != "torchvision" else str(root / dataset)
+        how = "SHA256SUMS" if pool.origin != "torchvision" else "torchvision's files (MD5 checked at download)"
+        size = sum(f.stat().st_size for f in Path(where).rglob("*") if f.is_file()) if Path(where).is_dir() else 0
+        return Fetched(what, where, "cached", size, how)
+    except DataError as exc:
+        if "no data under" not in str(exc):  # there, but damaged or unchecked: never used as if complete
+            return Fetched(what, str(root), "refused", 0, "", str(exc).splitlines()[0])
+    url = DOWNLOADABLE[dataset]
+    if not reachable(url):
+        return Fetched(what, str(root), "unreachable", 0, "", "cannot reach www.cs.toronto.edu (offline?): nothing "
+                       "written; fetch on a machine with internet (or copy an npz pair into LTKIT_DATA)")
+    try:
+        load_pool(dataset, root=root, download=True)
+    except DataError as exc:
+        return Fetched(what, str(root), "failed", 0, "", str(exc).splitlines()[0])
+    size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    return Fetched(what, str(root), "downloaded", size, "torchvision's MD5")

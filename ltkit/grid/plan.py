@@ -5,6 +5,7 @@ imports no torch: ``ltkit grid list`` and ``grid status`` are this module."""
 from __future__ import annotations
 
 import json
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from ..data import SOURCES, DataError, load_pool
 from ..data.sources import source_defaults
 from ..data.splits import expected_train_counts
 from ..losses import LOSSES, check_ce_equivalence, reduces_to_ce
-from ..models import weights_problem
+from ..models.weights import all_cached, weights_problem
 from ..runs.records import write_alias
 from ..runs.status import Status, run_status
 from ..training.check import make_config
@@ -36,7 +37,7 @@ def data_source(r: RunConfig) -> tuple[str, str | None, str]:
     return r.dataset, r.data_root, json.dumps(r.source_params, sort_keys=True)
 
 
-def preflight(runs: list[RunConfig], data_root: str | Path | None = None) -> None:
+def preflight(runs: list[RunConfig], data_root: str | Path | None = None, grid_file: str | None = None) -> None:
     """Check each distinct data source and pretrained backbone once, before any run starts.
 
     Offline, a thesis grid would otherwise start papermill, a kernel and the data for each of its
@@ -52,12 +53,15 @@ def preflight(runs: list[RunConfig], data_root: str | Path | None = None) -> Non
             load_pool(dataset, root=root or data_root, **json.loads(params))
         except (DataError, OSError, ValueError) as exc:
             problems.append(str(exc).splitlines()[0])
-    for model in sorted({r.model for r in runs if r.pretrained}):
-        why = weights_problem(model)
+    pretrained = sorted({r.model for r in runs if r.pretrained})
+    for model in pretrained:
+        why = weights_problem(model, grid_file)
         if why:
             problems.append(why)
     if problems:
         raise ConfigError("cannot start the grid: " + " | ".join(problems))
+    if pretrained and all_cached(pretrained):  # a complete cache (ltkit fetch): the runs never call the hubs
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def expected_counts(cfg: RunConfig):
@@ -172,7 +176,8 @@ def pending_runs(grid: Grid, force: bool = False, dedupe: bool = True) -> tuple[
     """
     rows = plan(grid, dedupe, verify=True)  # aliases are written from these rows
     # fail fast, before anything is written (aliases included): the runs that would train
-    preflight([c for c, st, t in rows if t is None and (force or st not in (Status.DONE, Status.ALIAS, Status.STALE))])
+    preflight([c for c, st, t in rows if t is None and (force or st not in (Status.DONE, Status.ALIAS, Status.STALE))],
+              grid_file=_shown(grid.path))
     todo, summary = [], {k: [] for k in SUMMARY_KEYS}
     for cfg, status, target in rows:
         if status in (Status.DONE, Status.ALIAS) and not force:
@@ -283,3 +288,13 @@ def spend_line(grid: Grid) -> str:
                  "training measured here" if s["projected_left"] is not None
                  else f"; {s['left']} run(s) left (no finished run here yet to project from)")
     return line
+
+
+def _shown(path: Path | None) -> str | None:
+    """A grid file as a user would type it here (relative to the working directory where it lies below it)."""
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

@@ -14,7 +14,6 @@ the decoupled methods (cRT, tau-norm, LWS) need.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.registry import Registry
@@ -47,50 +46,6 @@ def _weights_error(name: str, exc: Exception) -> PretrainedUnavailable:
         "They download on first use into the torch/timm cache; on a machine without internet copy the cache "
         "there (TORCH_HOME / HF_HOME) or use pretrained=False"
     )
-
-
-def _reachable(host: str) -> bool:
-    import socket
-
-    try:
-        socket.getaddrinfo(host, 443)
-        return True
-    except OSError:
-        return False
-
-
-def weights_problem(name: str) -> str | None:
-    """Why ``name``'s pinned pretrained weights cannot be had here (None: cached, or the host answers).
-
-    Checked once per backbone before a grid starts, in a second or so, instead of each run failing
-    after its notebook, kernel and data have started (minutes for a whole grid offline).
-    """
-    tag = MODELS.info(name).weights
-    if not tag:
-        return None
-    source, spec = tag.split(" ", 1)
-    if source == "torchvision":
-        import torch
-        import torchvision
-
-        enum, member = spec.split(".")
-        url = getattr(torchvision.models, enum)[member].url
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-        if cached.exists() or _reachable("download.pytorch.org"):
-            return None
-        return (f"{name}: pretrained weights {spec} are not in the torch cache ({cached}) and download.pytorch.org "
-                "cannot be reached; copy the file there (or set TORCH_HOME to a cache that has it)")
-    import timm
-    from huggingface_hub import try_to_load_from_cache
-
-    repo = timm.models.get_pretrained_cfg(spec).hf_hub_id
-    for fname in ("model.safetensors", "pytorch_model.bin"):
-        if isinstance(try_to_load_from_cache(repo, fname), str):
-            return None
-    if _reachable("huggingface.co"):
-        return None
-    return (f"{name}: pretrained weights {spec} are not in the Hugging Face cache and huggingface.co cannot be "
-            "reached; copy the cache (HF_HOME) from a machine that has them")
 
 
 def _torchvision(name: str, builder: str, weights_enum: str, weights_name: str, head: str):
