@@ -23,7 +23,7 @@ def test_tiny_benchmark_writes_well_formed_figures(tmp_path):
     assert d["resnet32"]["cao2019_grid_minutes_packed"] > 0
     pm = d["packed_model"]
     assert set(pm["sizes"]) == {"1", "2"} and all(r["aggregate_steady_img_s"] > 0 for r in pm["sizes"].values())
-    assert pm["cao2019_if100_trainings"] == 3 * (13 + 2)  # 13 single trainings + the two experts, x 3 seeds
+    assert pm["cao2019_if100_trainings"] == 3 * (14 + 2)  # 14 single trainings (ce_mixup too) + the two experts, x 3 seeds
     assert pm["cao2019_if100_grid_minutes_projected"] > 0
     assert "b/a" in p.stdout and "packed model" in p.stdout
 

@@ -419,3 +419,21 @@ def test_the_discussion_says_how_methods_stand_against_ce_from_the_runs():
     (line,) = report.against_ce_summary(one, {"balanced.top1": "Overall"})
     assert "the largest, LDAM-DRW, +3.89 [" in line and "covers the test images' sampling, not the seed" in line
     assert report.against_ce_summary(one[one["method"] == "ce"], {"balanced.top1": "Overall"}) == []
+
+
+def test_the_thesis_losses_are_set_beside_the_from_scratch_protocol_each_against_its_own_ce():
+    """Issue #38: the thesis's pretrained findings beside the from-scratch protocol, loss by loss, as differences from CE
+    within each protocol; a loss without from-scratch runs says so."""
+    import pandas as pd
+
+    from ltkit.report.prose import thesis_vs_scratch
+
+    thesis = report.published("thesis_tables_4_1-4_8.csv")
+    runs = pd.DataFrame({"data": "cifar100_exp100", "method": ["ce", "ce", "bs", "bs"], "seed": [0, 1, 0, 1],
+                         "balanced.top1": [0.38, 0.40, 0.42, 0.43]})
+    t, sentences = thesis_vs_scratch(thesis, runs)
+    lt = thesis[thesis["train_set"] == "long_tailed"].pivot(index="loss", columns="model", values="balanced") * 100
+    assert t.loc["BS", "pretrained: vs CE"] == round(float((lt.loc["bs"] - lt.loc["ce"]).mean()), 2)
+    assert t.loc["BS", "from scratch: vs CE"] == pytest.approx(3.5) and t.loc["BS", "from scratch: ResNet-32"].endswith("(2)")
+    assert t.loc["Focal", "from scratch: ResNet-32"] == "not trained yet"
+    assert "1 of the 1 class-sensitive loss(es)" in sentences[0] and "Not trained from scratch yet: Focal" in sentences[1]
