@@ -386,6 +386,10 @@ def _reproduce(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: the same command resumes from {rep.checkpoint_dir}", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a reproduction that fails to train did not reproduce: one line, exit 1
+        print(f"ltkit: the reproduction failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+              file=sys.stderr)
+        return 1
     report = reproducing.compare(args.run_dir, rep.output_dir, rep.smoke, rep.epochs)
     path = reproducing.write_report(report, rep.output_dir)
     print("\n".join(reproducing.report_lines(report)))

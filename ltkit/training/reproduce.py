@@ -15,6 +15,7 @@ reproduction is a check of the recipe, not of the bits.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -36,7 +37,8 @@ from .check import make_config
 SPLIT = "balanced"
 COMPARED = ("top1", "many", "medium", "few")
 REPORT = "reproduce.json"
-SMOKE = {"epochs": 1, "max_steps": 2, "bootstrap": 100, "stage2_epochs": 1}
+SMOKE = {"epochs": 1, "max_steps": 2, "bootstrap": 100, "stage2_epochs": 1, "track_test": False}
+_log = logging.getLogger(__name__)
 SIDE_BY_SIDE = ("device_name", "cpu_model", "cpu_bf16_units", "precision", "threads", "torch", "commit")
 
 
@@ -137,10 +139,18 @@ def plan(run_dir: str | Path, smoke: bool = False, epochs: int | None = None,
 
 def train(rep: Reproduction, progress: bool = True, ds=None):
     """Train the reproduction into its scratch folders (resumable there, like any run) and write its files."""
+    from .checkpoint import CheckpointMismatch
     from .pipeline import run
 
     start, t0 = now(), time.perf_counter()
-    result = run(rep.cfg, ckpt_dir=rep.checkpoint_dir, progress=progress, ds=ds)
+    try:
+        result = run(rep.cfg, ckpt_dir=rep.checkpoint_dir, progress=progress, ds=ds)
+    except CheckpointMismatch:  # the scratch folder holds an earlier reproduction of another configuration
+        aside = rep.checkpoint_dir.with_name(f"{rep.checkpoint_dir.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(rep.checkpoint_dir, aside)
+        _log.warning(f"{rep.checkpoint_dir} held the checkpoint of another configuration (an earlier ltkit or "
+                     f"options): set aside as {aside.name}; training afresh")
+        result = run(rep.cfg, ckpt_dir=rep.checkpoint_dir, progress=progress, ds=ds)
     write_run(rep.output_dir, result, start, time.perf_counter() - t0)
     return result
 
