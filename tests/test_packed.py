@@ -209,7 +209,7 @@ def test_the_grid_packs_what_it_can_and_writes_the_same_results(tmp_path):
                     assert {f: (g.run_dir(r) / f).read_bytes() for f in files[r.method]} == files[r.method]
                     cells = json.loads((g.run_dir(r) / "train.ipynb").read_text())["cells"]
                     shown = json.dumps([o for c in cells for o in c.get("outputs", [])])  # outputs, not code
-                    assert ("showing that record" in shown) == (r.method in lacking) and "balanced" in shown
+                    assert ("packed into one model" in shown) == (r.method in lacking) and "balanced" in shown
                 assert not any(lacks_notebook(g, r) for r in g.runs)
             df = collect(g.results).set_index("method").sort_index()
             got[pack] = df

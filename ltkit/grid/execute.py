@@ -499,9 +499,9 @@ def _keep_failed_attempt(run_dir: Path, ckpt: Path, stage: Path, stamp: str, cfg
         prov = stage / PROVENANCE
         if not prov.exists() or json.loads(prov.read_text()).get("status") != Status.FAILED:
             record_failure(stage, cfg, start, wall, err)
-        for name in (PROVENANCE, EXECUTED_NOTEBOOK):
+        for name in (PROVENANCE, EXECUTED_NOTEBOOK):  # moved, not copied: on one file system it needs no space
             if (stage / name).exists():
-                atomic_write_bytes(run_dir / f"{name}.failed-{stamp}", (stage / name).read_bytes())
+                _move_to(stage / name, run_dir / f"{name}.failed-{stamp}")
     except OSError as exc:  # the disk is still full: the log line is the record
         _log.error(f"could not record the failed attempt of {cfg.run_path()} beside its result: {exc}")
     for f in (ckpt / LAST, ckpt / FINAL, stage):  # the attempt's partial files, set aside
