@@ -316,8 +316,12 @@ def _grid_smoke(grid) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     """``ltkit fetch GRID``: every pretrained weight and data set the grid's runs need, into the caches they read,
     verified; one table (what, where, size, status, how verified). Exit 1 when anything is missing."""
+    import dataclasses
+    import time
+
     from .config import ConfigError
-    from .core.layout import default_data_root
+    from .core.io import atomic_write_json
+    from .core.layout import default_data_root, user_cache
     from .data.sources import fetch_data
     from .grid.spec import load_grid
     from .models import weights
@@ -334,9 +338,14 @@ def _fetch(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r.what:58s} {r.status:11s} {r.size / 1e6:8.1f}  {r.where}" + (f"  [{r.verified}]" if r.verified else "")
               + (f"  {r.detail}" if r.detail else ""))
+    record = user_cache() / "fetch" / f"{grid.name}.json"  # what was fetched, verified how (Hub revisions included)
+    if any(r.status in ("cached", "downloaded") for r in rows):  # offline with nothing in place: nothing written
+        atomic_write_json(record, {"grid": str(args.grid), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                   "items": [dataclasses.asdict(r) for r in rows]})
     bad = [r for r in rows if r.status not in ("cached", "downloaded")]
     print(f"{len(rows) - len(bad)} of {len(rows)} in place" + (f"; {len(bad)} not: see above" if bad else
-                                                                  "; `ltkit grid run` can run offline now"))
+                                                                  "; `ltkit grid run` can run offline now")
+          + (f" (recorded in {record})" if record.exists() else ""))
     return 1 if bad else 0
 
 

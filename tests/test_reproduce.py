@@ -193,6 +193,19 @@ def test_a_demo_run_shows_from_another_folder_and_reproduces_into_scratch_only(c
     assert report["verdict"] == "inside" and report["metrics"]["top1"]["difference"] == pytest.approx(0, abs=1e-9)
     assert "INSIDE" in p.stdout and "cpu_model" in p.stdout
 
+    # the same from the notebook (reproduce = True, as a reader sets it in JupyterLab): compared, printed, not written
+    before = _snapshot(copy / "results")
+    nb = nbformat.read(str(run / EXECUTED_NOTEBOOK), as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert "reproduce = False" in params.source
+    params.source = params.source.replace("reproduce = False", "reproduce = True")  # the reader's edit
+    edited = tmp_path / "edited" / "train.ipynb"
+    edited.parent.mkdir()
+    nbformat.write(nb, str(edited))
+    text = _text(_execute(edited, tmp_path, env))
+    assert "Reproducing the recorded run" in text and "INSIDE the spread" in text and "reproduction" in text
+    assert _snapshot(copy / "results") == before
+
     # its stage two reproduces from the reproduced stage one
     p = _cli(copy, env, "reproduce", (run.parent.parent / "la_posthoc" / "seed0").relative_to(copy))
     assert p.returncode == 0, p.stdout + p.stderr
