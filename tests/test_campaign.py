@@ -165,11 +165,49 @@ def test_status_on_a_fresh_clone_shows_what_the_committed_results_hold(tmp_path)
     lines = campaign.status_lines(repo=repo)
     assert lines[0] == "no campaign has been started here (make campaign); configs/campaign-cpu.yaml:"
     camp = campaign.load_campaign(repo / "configs" / "campaign-cpu.yaml")
-    assert len(lines) == len(camp.queue) + 2
+    assert len(lines) == len(camp.queue) + 3
     assert "done     cao2019-cifar100-if100:ce:seed0  [balanced top-1 0.3878]" in lines  # committed
-    assert all(line.split()[0] in ("done", "queued", "waiting") for line in lines[1:-1])
+    assert all(line.split()[0] in ("done", "queued", "waiting") for line in lines[1:-2])
+    assert lines[-1].startswith("left: about ") and "finished run(s), none training now" in lines[-1]
     (repo / "configs" / "campaign-cpu.yaml").unlink()
     assert campaign.status_lines(repo=repo) == ["no campaign has been started here (make campaign)"]
+
+
+def test_status_says_how_long_the_queue_has_left_at_the_pace_of_the_runs_training_now():
+    """The queue's last line: the epochs of every run not done (a running run's from its progress file) at the
+    running runs' epoch time, stage twos at their finished runs' time, ``jobs`` at a time."""
+    from ltkit.runs.records import attempts
+    from ltkit.training.procedures import PROCEDURES
+
+    camp = campaign.load_campaign(REPO / "configs" / "campaign-cpu.yaml")
+    rows = campaign.item_states(camp, REPO)
+    grids = campaign._grids(camp, REPO)
+    todo = [(i, st) for i, st, _ in rows if st != "done"]
+    stage_one = [i for i, _ in todo if PROCEDURES.info(campaign._cfg(grids[i.grid], i).procedure).trainings]
+    assert len(stage_one) >= 2 and len(todo) > len(stage_one)  # the committed queue has both kinds left
+    idle = campaign.time_left(camp, rows, jobs=1, home=REPO)
+    assert "none training now" in idle and f"for {len(todo)} run(s), 1 at a time" in idle
+
+    first = stage_one[0]
+    ckpt = grids[first.grid].ckpt_dir(campaign._cfg(grids[first.grid], first))
+    ckpt.mkdir(parents=True)
+    (ckpt / "progress.json").write_text(json.dumps({"epoch": 150, "epochs": 200, "seconds_per_epoch": 36.0}))
+    rows = [(i, "running" if i == first else st, d) for i, st, d in rows]
+    epochs = 50 + 200 * (len(stage_one) - 1)
+    two = {}
+    for i, st, _ in rows:
+        cfg = campaign._cfg(grids[i.grid], i)
+        if st == "done" and not PROCEDURES.info(cfg.procedure).trainings:
+            two.setdefault(cfg.procedure, []).append(
+                [float(e["seconds"]) for e in attempts(grids[i.grid].run_dir(cfg)) if e.get("outcome") == "done"][-1])
+    stage_two = sum(sum(two[p]) / len(two[p]) for p in (campaign._cfg(grids[i.grid], i).procedure
+                                                          for i, _ in todo if i not in stage_one))
+    for jobs in (1, 2):
+        line = campaign.time_left(camp, rows, jobs=jobs, home=REPO)
+        hours = (epochs * 36.0 + stage_two) / jobs / 3600
+        assert line.startswith(f"left: about {hours:.0f} h of training for {len(todo)} run(s), {jobs} at a time "
+                               f"({epochs} epochs at 36 s each, the pace of the runs training now")
+    assert campaign.time_left(camp, [(i, "done", "") for i, _, _ in rows], jobs=2, home=REPO) == ""
 
 
 def test_a_grids_relative_data_root_is_the_checkouts_not_the_worktrees(tmp_path, monkeypatch):

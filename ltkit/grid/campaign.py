@@ -36,7 +36,7 @@ from typing import Any
 
 from ..config.fields import ConfigError
 from ..core.hardware import NICE_ENV, cpu_plan, lower_priority
-from ..core.io import LockHeld, atomic_write_json, is_locked, read_json, run_lock, yaml_load
+from ..core.io import LockHeld, atomic_write_json, is_locked, read_json, read_json_or_empty, run_lock, yaml_load
 from ..core.layout import PROGRESS, REPO, campaign_checkpoints_root, default_data_root
 from ..runs.status import Status, load_metrics
 from .plan import data_source, plan, preflight, progress
@@ -160,6 +160,66 @@ def item_states(camp: Campaign, home: Path | None = None) -> list[tuple[Item, st
         else:
             out.append((item, "queued", ""))
     return out
+
+
+def time_left(camp: Campaign, rows: list[tuple[Item, str, str]], jobs: int, home: Path | None = None) -> str:
+    """How long the rest of the queue trains, as a line of ``status``: the epochs left of every run not done
+    at the pace of the runs training now (their last epoch time, under the campaign's own split; else the
+    finished stage-one runs' mean pace), stage twos at what their finished runs took, ``jobs`` at a time. '' when
+    nothing is left or no pace is known yet. A projection, not a promise: a stop, a restart from an older
+    checkpoint or other work on the machine moves it."""
+    from ..runs.records import attempts
+    from ..training.procedures import PROCEDURES
+
+    grids = _grids(camp, home)
+    todo = [(item, st) for item, st, _ in rows if st != "done"]
+    if not todo:
+        return ""
+    paces, stage_two, progress_of = [], {}, {}
+    for item, st in todo:
+        grid = grids[item.grid]
+        p = read_json_or_empty(grid.ckpt_dir(_cfg(grid, item)) / PROGRESS)
+        if p.get("epochs"):
+            progress_of[item] = p
+            if st == "running" and p.get("seconds_per_epoch"):
+                paces.append(float(p["seconds_per_epoch"]))
+    source = "the pace of the runs training now"
+    finished_paces = []
+    for item, st, _ in rows:
+        grid = grids[item.grid]
+        cfg = _cfg(grid, item)
+        if st != "done":
+            continue
+        done = [float(e.get("seconds") or 0) for e in attempts(grid.run_dir(cfg)) if e.get("outcome") == "done"]
+        if not done:
+            continue
+        if PROCEDURES.info(cfg.procedure).trainings:
+            if cfg.epochs:
+                finished_paces.append(done[-1] / (cfg.epochs * PROCEDURES.info(cfg.procedure).trainings))
+        else:
+            stage_two.setdefault(cfg.procedure, []).append(done[-1])
+    if not paces and finished_paces:
+        paces, source = finished_paces, f"the mean pace of the {len(finished_paces)} finished run(s), none training now"
+    if not paces:
+        return ""
+    pace = sum(paces) / len(paces)
+    seconds, epochs, unknown = 0.0, 0, 0
+    for item, _ in todo:
+        cfg = _cfg(grids[item.grid], item)
+        trainings = PROCEDURES.info(cfg.procedure).trainings
+        if not trainings:
+            took = stage_two.get(cfg.procedure)
+            seconds += sum(took) / len(took) if took else 0.0
+            unknown += not took
+            continue
+        p = progress_of.get(item)
+        left = (int(p["epochs"]) - int(p.get("epoch", 0))) if p else int(cfg.epochs or 0) * trainings
+        epochs += left
+        seconds += left * pace
+    hours = seconds / max(jobs, 1) / 3600
+    return (f"left: about {hours:.0f} h of training for {len(todo)} run(s), {jobs} at a time ({epochs} epochs at "
+            f"{pace:.0f} s each, {source}; stage twos at their finished runs' time"
+            + (f", {unknown} with none yet not counted" if unknown else "") + "), if nothing stops it")
 
 
 def data_root(repo: Path) -> Path:
@@ -575,4 +635,8 @@ def status_lines(campaign_file: str | Path | None = None, repo: Path = REPO) -> 
         counts[st] = counts.get(st, 0) + 1
         lines.append(f"{st:8s} {item.name}" + (f"  [{detail}]" if detail else ""))
     lines.append(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    jobs = state.get("jobs") if alive else None
+    left = time_left(camp, rows, int(jobs or camp.jobs or cpu_plan(None, None)[0]), repo)
+    if left:
+        lines.append(left)
     return lines
