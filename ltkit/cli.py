@@ -458,6 +458,10 @@ def _campaign(args: argparse.Namespace) -> int:
             if st.get("uncommitted_left_out") and not st.get("already_running"):
                 print("note: uncommitted changes in ltkit/, notebooks/ or configs/ are not in the campaign (it trains "
                       "from the commit)", file=sys.stderr)
+            if str(st.get("split", "")).startswith("unmeasured") and not st.get("already_running"):
+                print(f"note: {st['split']}; which split of the cores trains most per hour differs between CPUs: "
+                      "`python benchmarks/cpu.py --rounds 1` (about 10 minutes) measures this one into "
+                      "benchmarks/results/cpu.json, which later starts use", file=sys.stderr)
             if st.get("without_data") and not st.get("already_running"):
                 print(f"note: {len(st['without_data'])} run(s) of the queue will fail when reached, their data not "
                       f"under {st['data']}: {', '.join(st['without_data'])}", file=sys.stderr)

@@ -124,6 +124,27 @@ def test_start_refuses_what_it_could_not_train_and_knows_its_own_process(tmp_pat
         other.wait()
 
 
+def test_start_and_status_name_where_the_split_came_from_and_how_to_measure_an_unmeasured_cpu(monkeypatch, capsys):
+    """On a CPU that ``cpu.json`` has not measured the campaign trains one run on every core; ``start`` says so and
+    names the one-round benchmark that decides it, and ``status`` names the split's source."""
+    from ltkit.cli import main
+
+    monkeypatch.setattr(campaign, "measured_cpu_split", lambda: None)
+    unmeasured = campaign._split_source((None, None), (1, 2))
+    assert unmeasured.startswith("unmeasured CPU (") and unmeasured.endswith("cores): one run on every core")
+    assert campaign._split_source((1, None), (1, 2)) == "as asked"
+    monkeypatch.setattr(campaign, "measured_cpu_split", lambda: (2, 1))
+    assert campaign._split_source((None, None), (2, 1)) == "this CPU's measured best"
+    assert campaign._split_source((1, 2), (1, 2)) == "as asked"
+    state = {"pid": 1, "commit": "a" * 40, "jobs": 1, "threads": 2, "log": "campaign.log", "split": unmeasured}
+    monkeypatch.setattr(campaign, "start", lambda *a, **k: state)
+    assert main(["campaign", "start", "configs/campaign-cpu.yaml"]) == 0
+    assert "benchmarks/cpu.py --rounds 1" in capsys.readouterr().err
+    monkeypatch.setattr(campaign, "start", lambda *a, **k: {**state, "split": "this CPU's measured best"})
+    assert main(["campaign", "start", "configs/campaign-cpu.yaml"]) == 0
+    assert "benchmarks/cpu.py" not in capsys.readouterr().err
+
+
 def test_start_hands_the_runs_the_checkouts_data_and_refuses_a_queue_that_has_none(tmp_path, monkeypatch):
     """`ltkit campaign start` without the Makefile's LTKIT_DATA: the runs execute in the worktree, whose data/ is
     not the checkout's, and every run of the queue failed in seconds, one after another, for want of data. Start
@@ -262,6 +283,7 @@ def test_campaign_trains_from_its_commit_in_priority_order(tmp_path):
     assert log.index("ce:seed0: start") < log.index("la_posthoc:seed0: start")  # waited for its stage one
     lines = campaign.status_lines(repo=repo)
     assert lines[0].startswith("campaign not running") and lines[-1] == "2 done"
+    assert "1 x 1 thread(s) (as asked), started" in lines[0]  # the campaign file's jobs and threads
 
 
 @pytest.mark.slow

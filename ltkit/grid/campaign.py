@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.fields import ConfigError
-from ..core.hardware import NICE_ENV, cpu_plan, lower_priority
+from ..core.hardware import NICE_ENV, cpu_plan, lower_priority, machine_key, measured_cpu_split
 from ..core.io import LockHeld, atomic_write_json, is_locked, read_json, read_json_or_empty, run_lock, yaml_load
 from ..core.layout import PROGRESS, REPO, campaign_checkpoints_root, default_data_root
 from ..runs.status import Status, load_metrics
@@ -537,8 +537,9 @@ def _start(camp: Campaign, rel: Path, repo: Path, commit: str | None, jobs: int 
             raise ConfigError(f"campaign {state['campaign']} is already running (pid {pid}); "
                               f"`ltkit campaign stop` (make campaign-stop) first to start {rel} instead")
         return {**state, "pid": pid, "already_running": True}
+    asked = (jobs or camp.jobs, threads or camp.threads)
     try:
-        jobs, threads = cpu_plan(jobs or camp.jobs, threads or camp.threads)
+        jobs, threads = cpu_plan(*asked)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     root = data_root(repo)
@@ -568,9 +569,20 @@ def _start(camp: Campaign, rel: Path, repo: Path, commit: str | None, jobs: int 
     state = {"pid": proc.pid, "pid_started": _started_ticks(proc.pid), "commit": sha, "campaign": str(rel),
              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "jobs": jobs, "threads": threads, "log": str(log), "worktree": str(src),
-             "uncommitted_left_out": bool(dirty), "data": str(root), "without_data": missing}
+             "uncommitted_left_out": bool(dirty), "data": str(root), "without_data": missing,
+             "split": _split_source(asked, (jobs, threads))}
     atomic_write_json(state_dir(repo) / "state.json", state)
     return state
+
+
+def _split_source(asked: tuple[int | None, int | None], got: tuple[int, int]) -> str:
+    """Where the campaign's jobs x threads came from, as status and start say it."""
+    measured = measured_cpu_split()
+    if measured == got:
+        return "this CPU's measured best"
+    if measured is None and asked == (None, None):
+        return f"unmeasured CPU ({machine_key()}): one run on every core"
+    return "as asked"
 
 
 STILL_STOPPING = "still stopping"
@@ -617,7 +629,8 @@ def status_lines(campaign_file: str | Path | None = None, repo: Path = REPO) -> 
     if path is None and not (repo / DEFAULT_CAMPAIGN).is_file() and not problem:
         return ["no campaign has been started here (make campaign)"]
     head = (f"campaign {'running' if alive else 'not running'}" + (f" (pid {pid})" if alive else "")
-            + (f", commit {state['commit'][:12]}, {state.get('jobs')} x {state.get('threads')} thread(s), started "
+            + (f", commit {state['commit'][:12]}, {state.get('jobs')} x {state.get('threads')} thread(s)"
+               + (f" ({state['split']})" if state.get("split") else "") + ", started "
                f"{state.get('started')}, log {state.get('log')}" if state.get("commit") else ""))
     if problem:
         head += f"; {problem}"
