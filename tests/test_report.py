@@ -436,4 +436,9 @@ def test_the_thesis_losses_are_set_beside_the_from_scratch_protocol_each_against
     assert t.loc["BS", "pretrained: vs CE"] == round(float((lt.loc["bs"] - lt.loc["ce"]).mean()), 2)
     assert t.loc["BS", "from scratch: vs CE"] == pytest.approx(3.5) and t.loc["BS", "from scratch: ResNet-32"].endswith("(2)")
     assert t.loc["Focal", "from scratch: ResNet-32"] == "not trained yet"
+    # a loss with fewer seeds than CE is held against CE's runs of the same seeds, not CE's mean
+    one = pd.concat([runs, pd.DataFrame({"data": "cifar100_exp100", "method": ["focal"], "seed": [1],
+                                         "balanced.top1": [0.41]})])
+    t1, _ = thesis_vs_scratch(thesis, one)
+    assert t1.loc["Focal", "from scratch: vs CE"] == pytest.approx(1.0) and t1.loc["Focal", "from scratch: ResNet-32"] == "41.00 (1)"
     assert "1 of the 1 class-sensitive loss(es)" in sentences[0] and "Not trained from scratch yet: Focal" in sentences[1]
