@@ -197,7 +197,7 @@ def test_status_on_a_fresh_clone_shows_what_the_committed_results_hold(tmp_path)
 def test_status_says_how_long_the_queue_has_left_at_the_pace_of_the_runs_training_now():
     """The queue's last line: the epochs of every run not done (a running run's from its progress file) at the
     running runs' epoch time, stage twos at their finished runs' time, ``jobs`` at a time."""
-    from ltkit.runs.records import attempts
+    from ltkit.runs.records import training_seconds
     from ltkit.training.procedures import PROCEDURES
 
     camp = campaign.load_campaign(REPO / "configs" / "campaign-cpu.yaml")
@@ -219,8 +219,7 @@ def test_status_says_how_long_the_queue_has_left_at_the_pace_of_the_runs_trainin
     for i, st, _ in rows:
         cfg = campaign._cfg(grids[i.grid], i)
         if st == "done" and not PROCEDURES.info(cfg.procedure).trainings:
-            two.setdefault(cfg.procedure, []).append(
-                [float(e["seconds"]) for e in attempts(grids[i.grid].run_dir(cfg)) if e.get("outcome") == "done"][-1])
+            two.setdefault(cfg.procedure, []).append(training_seconds(grids[i.grid].run_dir(cfg)))
     stage_two = sum(sum(two[p]) / len(two[p]) for p in (campaign._cfg(grids[i.grid], i).procedure
                                                           for i, _ in todo if i not in stage_one))
     for jobs in (1, 2):

@@ -217,7 +217,7 @@ def test_launches_before_spend_was_recorded_count_from_the_history(tmp_path):
     import pandas as pd
 
     from ltkit.core.io import atomic_write_json
-    from ltkit.runs.records import attempts, device_hours, launches, record_spend
+    from ltkit.runs.records import attempts, device_hours, launches, record_spend, training_seconds
 
     d = tmp_path / "run"
     d.mkdir()
@@ -234,6 +234,11 @@ def test_launches_before_spend_was_recorded_count_from_the_history(tmp_path):
     assert sum(device_hours(e) for e in entries) == pytest.approx((40 + 25) / 3600 / 2)
     assert {e["device"] for e in entries} == {"Intel(R) Xeon(R) Processor"}  # one machine, one device in appendix D
     assert sum(launches(e) for e in entries) == 3  # what appendix D and `grid status` count as attempts
+    # the training took its six epochs (60 s), not the 25 s of the launch that finished it
+    assert training_seconds(d) == 60.0
+    record_spend(d, {"outcome": "done", "seconds": 90.0, "end": "2026-12-01T11:00:00+0000", "threads": 1, "cores": 2})
+    assert training_seconds(d) == 90.0  # a forced re-run from scratch: its own wall time, start-up included
+    assert training_seconds(tmp_path) is None  # nothing finished
 
 
 def test_the_card_of_a_committed_cpu_run_says_where_it_ran():

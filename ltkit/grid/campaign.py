@@ -168,7 +168,7 @@ def time_left(camp: Campaign, rows: list[tuple[Item, str, str]], jobs: int, home
     finished stage-one runs' mean pace), stage twos at what their finished runs took, ``jobs`` at a time. '' when
     nothing is left or no pace is known yet. A projection, not a promise: a stop, a restart from an older
     checkpoint or other work on the machine moves it."""
-    from ..runs.records import attempts
+    from ..runs.records import training_seconds
     from ..training.procedures import PROCEDURES
 
     grids = _grids(camp, home)
@@ -190,14 +190,14 @@ def time_left(camp: Campaign, rows: list[tuple[Item, str, str]], jobs: int, home
         cfg = _cfg(grid, item)
         if st != "done":
             continue
-        done = [float(e.get("seconds") or 0) for e in attempts(grid.run_dir(cfg)) if e.get("outcome") == "done"]
-        if not done:
+        took = training_seconds(grid.run_dir(cfg))
+        if not took:
             continue
         if PROCEDURES.info(cfg.procedure).trainings:
             if cfg.epochs:
-                finished_paces.append(done[-1] / (cfg.epochs * PROCEDURES.info(cfg.procedure).trainings))
+                finished_paces.append(took / (cfg.epochs * PROCEDURES.info(cfg.procedure).trainings))
         else:
-            stage_two.setdefault(cfg.procedure, []).append(done[-1])
+            stage_two.setdefault(cfg.procedure, []).append(took)
     if not paces and finished_paces:
         paces, source = finished_paces, f"the mean pace of the {len(finished_paces)} finished run(s), none training now"
     if not paces:

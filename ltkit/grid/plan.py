@@ -245,9 +245,10 @@ SUMMARY_KEYS = (*(str(o) for o in Outcome), "skipped", "aliased", "stale", "no_n
 def spend_summary(grid: Grid) -> dict[str, Any]:
     """What the grid's runs have cost so far and what the rest would cost here: device-hours spent by
     outcome (finished, failed, interrupted; every attempt's ``spend.json``), and a projection for the
-    runs not done, at the device-hours per training that this grid's finished runs measured (stage-two
-    runs at their own measured mean)."""
-    from ..runs.records import attempts, device_hours, launches
+    runs not done, at the device-hours per training that this grid's finished runs measured (the whole
+    training, over every launch that made it: :func:`~ltkit.runs.records.training_seconds`; stage-two runs
+    at their own measured mean)."""
+    from ..runs.records import attempts, device_hours, launches, training_seconds
 
     spent: dict[str, float] = {}
     n_attempts = 0
@@ -263,10 +264,12 @@ def spend_summary(grid: Grid) -> dict[str, Any]:
             spent[key] = spent.get(key, 0.0) + device_hours(e)
         st = run_status(run_dir, cfg.fingerprint())
         if st in (Status.DONE, Status.ALIAS):
-            done = [device_hours(e) for e in entries if e.get("outcome") == "done"]
+            done = [e for e in entries if e.get("outcome") == "done"]
             trainings = PROCEDURES.info(cfg.procedure).trainings
-            if done and st == Status.DONE:
-                (per_training if trainings else stage_two).append(done[-1] / max(trainings, 1))
+            if done and st == Status.DONE:  # the finishing attempt's device share over the whole training's time
+                last, took = done[-1], training_seconds(run_dir) or 0.0
+                share = device_hours(last) / (float(last["seconds"]) / 3600) if float(last.get("seconds") or 0) else 0.0
+                (per_training if trainings else stage_two).append(took / 3600 * share / max(trainings, 1))
         else:
             left.append(cfg)
     rate = sum(per_training) / len(per_training) if per_training else None
