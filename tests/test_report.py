@@ -178,8 +178,11 @@ def test_published_sources_are_one_footnote_per_paper_table_however_spelled():
         "{cite:t}`menon2021la`, Table 3"
     assert report.source_note("Cao et al. 2019 Table 2 (re-run)") == "{cite:t}`cao2019ldam`, Table 2 (re-run)"
     pivot, notes = report.published_pivot(report.published("cifar_lt_resnet32_published.csv"))
-    assert len(notes) == len(set(notes)) == 7 and pivot.columns[0] == "method"  # 7: MiSLAS (issue #38)
+    assert len(notes) == len(set(notes)) == 8 and pivot.columns[0] == "method"  # MiSLAS's paper and README (#38)
     assert report.source_note("Zhong et al. 2021 (MiSLAS, CVPR 2021), its result") == "{cite:t}`zhong2021mislas`"
+    assert report.source_note("Zhong et al. 2021 (MiSLAS) repository README (github.com/x/y), Stage-1 table") == \
+        "{cite:t}`zhong2021mislas`, its repository's README (github.com/x/y)"
+    assert pivot.set_index("method").loc["ce_mixup", "CIFAR-100-LT IF 100"].startswith("39.50")  # its stage one
     col = pivot["CIFAR-100-LT IF 100"]
     assert sum("**" in c for c in col) == 1 and col[pivot["method"] == "ce"].item().count("{sup}") == 2
 
