@@ -220,8 +220,9 @@ def test_status_says_how_long_the_queue_has_left_at_the_pace_of_the_runs_trainin
         cfg = campaign._cfg(grids[i.grid], i)
         if st == "done" and not PROCEDURES.info(cfg.procedure).trainings:
             two.setdefault(cfg.procedure, []).append(training_seconds(grids[i.grid].run_dir(cfg)))
-    stage_two = sum(sum(two[p]) / len(two[p]) for p in (campaign._cfg(grids[i.grid], i).procedure
-                                                          for i, _ in todo if i not in stage_one))
+    every = [t for ts in two.values() for t in ts]  # a procedure with no finished run yet: any stage two's mean
+    stage_two = sum(sum(two.get(p, every)) / len(two.get(p, every)) for p in (campaign._cfg(grids[i.grid], i).procedure
+                                                                              for i, _ in todo if i not in stage_one))
     for jobs in (1, 2):
         line = campaign.time_left(camp, rows, jobs=jobs, home=REPO)
         hours = (epochs * 36.0 + stage_two) / jobs / 3600

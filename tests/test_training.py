@@ -214,6 +214,46 @@ def test_lws_learns_only_one_scale_per_class(tiny_cfg, tmp_path):
     torch.testing.assert_close(head(x), clf1(x) * head.scale)  # logits_j = f_j (w_j . x + b_j)
 
 
+def test_label_aware_smoothing_is_cross_entropy_against_zhongs_targets():
+    """q_y = 1 - eps_y, eps_y / (K - 1) elsewhere, eps linear in the class count from head to tail (MiSLAS)."""
+    import torch.nn.functional as F
+
+    from ltkit.training.stage_two import label_aware_epsilon, label_aware_smoothing
+
+    eps = label_aware_epsilon([500, 275, 50], head=0.4, tail=0.1)
+    torch.testing.assert_close(eps, torch.tensor([0.4, 0.25, 0.1]))
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(6, 3, generator=g), torch.tensor([0, 1, 2, 2, 1, 0])
+    q = torch.stack([torch.full((3,), float(eps[y]) / 2).index_fill(0, y.view(1), 1 - float(eps[y])) for y in labels])
+    torch.testing.assert_close(label_aware_smoothing(logits, labels, eps),
+                               -(q * F.log_softmax(logits, 1)).sum(1).mean())
+    torch.testing.assert_close(label_aware_smoothing(logits, labels, torch.zeros(3)), F.cross_entropy(logits, labels))
+
+
+def test_las_trains_classifier_and_scales_and_shifts_only_the_batchnorm_statistics(tiny_cfg, tmp_path):
+    """MiSLAS's stage two: backbone weights frozen, BatchNorm running statistics moved by the balanced batches
+    (left alone with shift_bn false), the stage one's classifier trained further, one scale per class."""
+    from ltkit.models.factories import MODELS, get_classifier
+
+    cfg, stage1, clf1 = _stage_one(tiny_cfg, tmp_path)
+    s1 = {k: v.clone() for k, v in stage1.state_dict().items()}
+    r = run({**cfg, "procedure": "las", "stage1": "ce", "stage2_epochs": 2}, ckpt_dir=tmp_path / "las" / "seed0",
+            progress=False, keep_model=True)
+    s2 = r.model.state_dict()
+    prefix = MODELS.info("tiny_cnn").classifier + "."
+    stats = [k for k in s1 if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in s1 if not k.startswith(prefix) and k not in stats and not k.endswith("num_batches_tracked")]
+    assert stats and weights and all(torch.equal(s1[k], s2[k]) for k in weights)
+    assert not all(torch.equal(s1[k], s2[k]) for k in stats)  # shifted
+    head = get_classifier(r.model, "tiny_cnn")
+    assert not torch.equal(head.clf.weight, s1[prefix + "weight"])  # trained further, from the stage one's
+    assert len(r.extra["scales"]) == clf1.out_features and r.extra["smoothing"] == {"head": 0.4, "tail": 0.1}
+    assert "shifted" in r.extra["features"]
+    kept = run({**cfg, "procedure": "las", "stage1": "ce", "stage2_epochs": 2, "procedure_params": {"shift_bn": False}},
+               ckpt_dir=tmp_path / "las" / "seed0", progress=False, keep_model=True)
+    assert all(torch.equal(s1[k], kept.model.state_dict()[k]) for k in stats)
+
+
 def test_recipe_normalisation_is_the_default_and_recorded(tiny_cfg):
     from ltkit.data.protocols import RECIPE_NORM
 

@@ -165,7 +165,8 @@ def item_states(camp: Campaign, home: Path | None = None) -> list[tuple[Item, st
 def time_left(camp: Campaign, rows: list[tuple[Item, str, str]], jobs: int, home: Path | None = None) -> str:
     """How long the rest of the queue trains, as a line of ``status``: the epochs left of every run not done
     at the pace of the runs training now (their last epoch time, under the campaign's own split; else the
-    finished stage-one runs' mean pace), stage twos at what their finished runs took, ``jobs`` at a time. '' when
+    finished stage-one runs' mean pace), stage twos at what their finished runs of the same procedure took (else
+    any stage two's), ``jobs`` at a time. '' when
     nothing is left or no pace is known yet. A projection, not a promise: a stop, a restart from an older
     checkpoint or other work on the machine moves it."""
     from ..runs.records import training_seconds
@@ -203,12 +204,13 @@ def time_left(camp: Campaign, rows: list[tuple[Item, str, str]], jobs: int, home
     if not paces:
         return ""
     pace = sum(paces) / len(paces)
+    any_two = [t for ts in stage_two.values() for t in ts]  # a stage two with no finished run of its own kind
     seconds, epochs, unknown = 0.0, 0, 0
     for item, _ in todo:
         cfg = _cfg(grids[item.grid], item)
         trainings = PROCEDURES.info(cfg.procedure).trainings
         if not trainings:
-            took = stage_two.get(cfg.procedure)
+            took = stage_two.get(cfg.procedure) or any_two
             seconds += sum(took) / len(took) if took else 0.0
             unknown += not took
             continue

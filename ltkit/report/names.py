@@ -24,7 +24,7 @@ DATASET_NAMES = {"cifar100_lt": "CIFAR-100-LT", "cifar10_lt": "CIFAR-10-LT"}
 PAPER_METHODS = {"cb_reweighting": ("CB re-weighting", "cb"), "cb_focal": ("CB focal", "cb"),
                  "cb_best": ("CB (best)", "cb"), "eql": ("EQL", "seql"), "ce_drs": ("CE-DRS", "ce_drw"),
                  "la_loss": ("LA loss", "la"), "cb_resampling": ("CB re-sampling", "ce_cbs"),
-                 "mislas": ("MiSLAS", "crt_mixup")}
+                 "mislas": ("MiSLAS", "las_mixup")}
 MIXUP = "_mixup"  # a method trained with mixup in stage one (ce_mixup), or a stage two from such a run (crt_mixup)
 
 

@@ -11,7 +11,9 @@ Stage two (starts from the stage-one run named by ``stage1``, same grid and seed
 * ``la_posthoc``: post-hoc logit adjustment, z_j - tau * log pi_j (Menon et al. 2021, Eq. 8);
 * ``tau_norm``: classifier weights w_j / ||w_j||^tau (Kang et al. 2020, Eq. 5);
 * ``crt``: classifier re-training on frozen features with class-balanced sampling (Kang et al. 2020);
-* ``lws``: learnable weight scaling, logits_j = f_j * (w_j . x + b_j), only f trained (Kang et al. 2020).
+* ``lws``: learnable weight scaling, logits_j = f_j * (w_j . x + b_j), only f trained (Kang et al. 2020);
+* ``las``: MiSLAS's stage two: the classifier and a scale per class trained with label-aware smoothing while
+  the backbone's BatchNorm statistics shift to the class-balanced batches (Zhong et al. 2021).
 
 tau (for ``la_posthoc`` and ``tau_norm``) is chosen on the validation split by
 balanced accuracy; the test split is only read for the final evaluation. A
@@ -140,6 +142,33 @@ def lws(ctx: Context, ckpt_dir: Path | None, progress: bool = True, lr: float = 
     rows = train_head(ctx, features, head, [scale], ctx.cfg.stage2_epochs, lr)
     set_classifier(model, ctx.cfg.model, head)
     return fitted(model.eval(), rows, scales=scale.detach().cpu().numpy().round(4).tolist(), features=how)
+
+
+@PROCEDURES.register("las", stage=2, trainings=0, label="LAS + shifted BN",
+                     paper="Zhong et al. 2021 (MiSLAS's stage two)")
+def las(ctx: Context, ckpt_dir: Path | None, progress: bool = True, lr: float = 0.1, smooth_head: float = 0.4,
+        smooth_tail: float = 0.1, shift_bn: bool = True) -> Fitted:
+    """MiSLAS's stage two: the stage one's classifier, kept and trained further, times one learnable scale per
+    class (as LWS), on class-balanced batches of augmented images with label-aware smoothing (``smooth_head`` for
+    the most frequent class down to ``smooth_tail`` for the rarest: the values of MiSLAS's released CIFAR
+    configs), while the frozen backbone's BatchNorm statistics follow those batches (``shift_bn``)."""
+    import torch
+    from torch import nn
+
+    from ..models import get_classifier, set_classifier
+    from .stage_two import Scaled, feature_source, fitted, label_aware_epsilon, label_aware_smoothing, load_stage1, train_head
+
+    model = load_stage1(ctx, ckpt_dir)
+    features, how = feature_source(ctx, model, True, shift_bn=shift_bn)
+    clf = get_classifier(model, ctx.cfg.model)
+    scale = nn.Parameter(torch.ones(ctx.ds.num_classes, device=ctx.device))
+    head = Scaled(clf, scale)
+    eps = label_aware_epsilon(ctx.ds.train_counts, smooth_head, smooth_tail)
+    rows = train_head(ctx, features, head, [*clf.parameters(), scale], ctx.cfg.stage2_epochs, lr,
+                      loss_fn=lambda z, y: label_aware_smoothing(z, y, eps))
+    set_classifier(model, ctx.cfg.model, head)
+    return fitted(model.eval(), rows, scales=scale.detach().cpu().numpy().round(4).tolist(), features=how,
+                  smoothing={"head": smooth_head, "tail": smooth_tail})
 
 
 @PROCEDURES.register("two_expert", stage=1, trainings=2, label="two experts",

@@ -2,7 +2,8 @@
 
 Menon et al. (2021, Eq. 8) for post-hoc logit adjustment; Kang et al. (2020) for tau-normalisation
 (Eq. 5), classifier re-training (cRT) and learnable weight scaling (LWS), with class-balanced
-sampling and a cosine schedule (their section 4).
+sampling and a cosine schedule (their section 4); Zhong et al. (2021, MiSLAS) for label-aware
+smoothing and shifted batch normalisation.
 """
 
 from __future__ import annotations
@@ -90,16 +91,21 @@ def linear_weight(model: nn.Module, name: str) -> nn.Module:
     return clf
 
 
-def feature_source(ctx, model: nn.Module, augment_images: bool | None):
+def feature_source(ctx, model: nn.Module, augment_images: bool | None, shift_bn: bool = False):
     """Where the classifier's training inputs come from, per batch of training-image indices.
 
     Kang et al. (2020) re-train the classifier on *augmented* images passed through the frozen
     backbone (a fresh crop and flip every epoch): ``augment_images=True``, the default for the
     cao2019 protocol. ``False`` caches the un-augmented features once (one backbone pass in all,
-    much cheaper on the 224-px backbones): the default elsewhere. Returns (function, description).
+    much cheaper on the 224-px backbones): the default elsewhere. ``shift_bn`` (Zhong et al. 2021's
+    shifted batch normalisation): the backbone's BatchNorm layers run in training mode on the stage
+    two's class-balanced batches, so their running statistics move to that distribution while every
+    weight stays frozen; implies augmented images. Returns (function, description).
     """
     if augment_images is None:
         augment_images = ctx.cfg.protocol == "cao2019"
+    if shift_bn and not augment_images:
+        raise ValueError("shifted batch normalisation needs the images through the backbone (augment: true)")
     if not augment_images:
         feats, _ = features_and_logits(ctx, model, ctx.train)
         return (lambda idx, epoch: feats[idx]), "cached un-augmented features"
@@ -114,6 +120,10 @@ def feature_source(ctx, model: nn.Module, augment_images: bool | None):
             gen.manual_seed(ctx.cfg.seed * 100_003 + 50_000 + epoch)
             fn.epoch = epoch
         model.eval()
+        if shift_bn:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()  # batch statistics, and running ones that follow the balanced batches
         x = augment(ctx.train.images[idx], ctx.cfg.image_size, ctx.mean, ctx.std, gen)
         if ctx.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -123,11 +133,34 @@ def feature_source(ctx, model: nn.Module, augment_images: bool | None):
         return grabbed[0]
 
     fn.remove_hook = hook.remove
-    return fn, "augmented images through the frozen backbone (Kang et al. 2020)"
+    return fn, ("augmented images through the frozen backbone, its BatchNorm statistics shifted to the balanced "
+                "batches (Zhong et al. 2021)" if shift_bn else
+                "augmented images through the frozen backbone (Kang et al. 2020)")
 
 
-def train_head(ctx, features, head: nn.Module, params, epochs: int, lr: float) -> list[dict[str, Any]]:
-    """SGD on the classifier alone, class-balanced sampling, cosine schedule (Kang et al. 2020, section 4)."""
+def label_aware_epsilon(counts, head: float, tail: float) -> torch.Tensor:
+    """Each class's smoothing, linear in its training count: ``head`` for the most frequent class, ``tail`` for
+    the rarest, eps_y = tail + (head - tail) (N_y - N_min) / (N_max - N_min) (Zhong et al. 2021, label-aware
+    smoothing with its linear f): the head classes, the most over-confident, are smoothed most."""
+    n = torch.as_tensor(np.asarray(counts), dtype=torch.float32)
+    span = (n.max() - n.min()).clamp_min(1.0)
+    return tail + (head - tail) * (n - n.min()) / span
+
+
+def label_aware_smoothing(logits: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against q_y = 1 - eps_y on the true class and eps_y / (K - 1) on each other one (Zhong et
+    al. 2021); with every eps_y = 0 it is plain cross-entropy."""
+    logp = F.log_softmax(logits.float(), dim=1)
+    e = eps.to(logits.device)[labels]
+    true = logp.gather(1, labels[:, None]).squeeze(1)
+    others = (logp.sum(1) - true) / (logits.shape[1] - 1)
+    return -((1 - e) * true + e * others).mean()
+
+
+def train_head(ctx, features, head: nn.Module, params, epochs: int, lr: float, loss_fn=None) -> list[dict[str, Any]]:
+    """SGD on the classifier alone, class-balanced sampling, cosine schedule (Kang et al. 2020, section 4);
+    ``loss_fn(logits, labels)``: cross-entropy unless given."""
+    loss_fn = loss_fn or F.cross_entropy
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     labels = ctx.train.labels
@@ -139,7 +172,7 @@ def train_head(ctx, features, head: nn.Module, params, epochs: int, lr: float) -
         for start in range(0, len(order), ctx.cfg.batch_size):
             idx = torch.from_numpy(order[start:start + ctx.cfg.batch_size]).to(ctx.device)
             with torch.enable_grad():
-                loss = F.cross_entropy(head(features(idx, epoch)), labels[idx])
+                loss = loss_fn(head(features(idx, epoch)), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
