@@ -252,6 +252,9 @@ def test_las_trains_classifier_and_scales_and_shifts_only_the_batchnorm_statisti
     kept = run({**cfg, "procedure": "las", "stage1": "ce", "stage2_epochs": 2, "procedure_params": {"shift_bn": False}},
                ckpt_dir=tmp_path / "las" / "seed0", progress=False, keep_model=True)
     assert all(torch.equal(s1[k], kept.model.state_dict()[k]) for k in stats)
+    with pytest.raises(ValueError, match=r"procedure_params.smooth_head = 1.5 \(accepted: 0 <= value < 1"):
+        run({**cfg, "procedure": "las", "stage1": "ce", "procedure_params": {"smooth_head": 1.5}},
+            ckpt_dir=tmp_path / "las" / "seed0", progress=False)
 
 
 def test_recipe_normalisation_is_the_default_and_recorded(tiny_cfg):

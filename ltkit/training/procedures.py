@@ -158,6 +158,10 @@ def las(ctx: Context, ckpt_dir: Path | None, progress: bool = True, lr: float = 
     from ..models import get_classifier, set_classifier
     from .stage_two import Scaled, feature_source, fitted, label_aware_epsilon, label_aware_smoothing, load_stage1, train_head
 
+    for name, value in (("smooth_head", smooth_head), ("smooth_tail", smooth_tail)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"procedure_params.{name} = {value!r} (accepted: 0 <= value < 1, the target mass taken "
+                             "off the true class)")
     model = load_stage1(ctx, ckpt_dir)
     features, how = feature_source(ctx, model, True, shift_bn=shift_bn)
     clf = get_classifier(model, ctx.cfg.model)
