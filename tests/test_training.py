@@ -215,16 +215,22 @@ def test_lws_learns_only_one_scale_per_class(tiny_cfg, tmp_path):
 
 
 def test_label_aware_smoothing_is_cross_entropy_against_zhongs_targets():
-    """q_y = 1 - eps_y, eps_y / (K - 1) elsewhere, eps linear in the class count from head to tail (MiSLAS)."""
+    """Targets (1 - eps_y) on the true class plus eps_y / K on every class; eps from the rarest class's 0.1 to the
+    most frequent's 0.4, concave in the count (sin) as MiSLAS's released code has it, or linear."""
+    import math
+
     import torch.nn.functional as F
 
     from ltkit.training.stage_two import label_aware_epsilon, label_aware_smoothing
 
-    eps = label_aware_epsilon([500, 275, 50], head=0.4, tail=0.1)
-    torch.testing.assert_close(eps, torch.tensor([0.4, 0.25, 0.1]))
+    counts = [500, 275, 50]
+    torch.testing.assert_close(label_aware_epsilon(counts, 0.4, 0.1, concave=False), torch.tensor([0.4, 0.25, 0.1]))
+    eps = label_aware_epsilon(counts, head=0.4, tail=0.1)
+    torch.testing.assert_close(eps, torch.tensor([0.4, 0.1 + 0.3 * math.sin(math.pi / 4), 0.1]))
     g = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(6, 3, generator=g), torch.tensor([0, 1, 2, 2, 1, 0])
-    q = torch.stack([torch.full((3,), float(eps[y]) / 2).index_fill(0, y.view(1), 1 - float(eps[y])) for y in labels])
+    q = torch.stack([torch.full((3,), float(eps[y]) / 3) + (1 - float(eps[y])) * F.one_hot(y, 3) for y in labels])
+    torch.testing.assert_close(q.sum(1), torch.ones(6))
     torch.testing.assert_close(label_aware_smoothing(logits, labels, eps),
                                -(q * F.log_softmax(logits, 1)).sum(1).mean())
     torch.testing.assert_close(label_aware_smoothing(logits, labels, torch.zeros(3)), F.cross_entropy(logits, labels))
@@ -247,7 +253,8 @@ def test_las_trains_classifier_and_scales_and_shifts_only_the_batchnorm_statisti
     assert not all(torch.equal(s1[k], s2[k]) for k in stats)  # shifted
     head = get_classifier(r.model, "tiny_cnn")
     assert not torch.equal(head.clf.weight, s1[prefix + "weight"])  # trained further, from the stage one's
-    assert len(r.extra["scales"]) == clf1.out_features and r.extra["smoothing"] == {"head": 0.4, "tail": 0.1}
+    assert len(r.extra["scales"]) == clf1.out_features
+    assert r.extra["smoothing"] == {"head": 0.4, "tail": 0.1, "shape": "concave"}
     assert "shifted" in r.extra["features"]
     kept = run({**cfg, "procedure": "las", "stage1": "ce", "stage2_epochs": 2, "procedure_params": {"shift_bn": False}},
                ckpt_dir=tmp_path / "las" / "seed0", progress=False, keep_model=True)

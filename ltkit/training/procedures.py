@@ -147,11 +147,12 @@ def lws(ctx: Context, ckpt_dir: Path | None, progress: bool = True, lr: float = 
 @PROCEDURES.register("las", stage=2, trainings=0, label="LAS + shifted BN",
                      paper="Zhong et al. 2021 (MiSLAS's stage two)")
 def las(ctx: Context, ckpt_dir: Path | None, progress: bool = True, lr: float = 0.1, smooth_head: float = 0.4,
-        smooth_tail: float = 0.1, shift_bn: bool = True) -> Fitted:
+        smooth_tail: float = 0.1, concave: bool = True, shift_bn: bool = True) -> Fitted:
     """MiSLAS's stage two: the stage one's classifier, kept and trained further, times one learnable scale per
     class (as LWS), on class-balanced batches of augmented images with label-aware smoothing (``smooth_head`` for
-    the most frequent class down to ``smooth_tail`` for the rarest: the values of MiSLAS's released CIFAR
-    configs), while the frozen backbone's BatchNorm statistics follow those batches (``shift_bn``)."""
+    the most frequent class down to ``smooth_tail`` for the rarest, concave in the count: the values and the
+    shape of MiSLAS's released CIFAR-100 stage two), while the frozen backbone's BatchNorm statistics follow those
+    batches (``shift_bn``)."""
     import torch
     from torch import nn
 
@@ -167,12 +168,12 @@ def las(ctx: Context, ckpt_dir: Path | None, progress: bool = True, lr: float = 
     clf = get_classifier(model, ctx.cfg.model)
     scale = nn.Parameter(torch.ones(ctx.ds.num_classes, device=ctx.device))
     head = Scaled(clf, scale)
-    eps = label_aware_epsilon(ctx.ds.train_counts, smooth_head, smooth_tail)
+    eps = label_aware_epsilon(ctx.ds.train_counts, smooth_head, smooth_tail, concave)
     rows = train_head(ctx, features, head, [*clf.parameters(), scale], ctx.cfg.stage2_epochs, lr,
                       loss_fn=lambda z, y: label_aware_smoothing(z, y, eps))
     set_classifier(model, ctx.cfg.model, head)
     return fitted(model.eval(), rows, scales=scale.detach().cpu().numpy().round(4).tolist(), features=how,
-                  smoothing={"head": smooth_head, "tail": smooth_tail})
+                  smoothing={"head": smooth_head, "tail": smooth_tail, "shape": "concave" if concave else "linear"})
 
 
 @PROCEDURES.register("two_expert", stage=1, trainings=2, label="two experts",

@@ -138,23 +138,24 @@ def feature_source(ctx, model: nn.Module, augment_images: bool | None, shift_bn:
                 "augmented images through the frozen backbone (Kang et al. 2020)")
 
 
-def label_aware_epsilon(counts, head: float, tail: float) -> torch.Tensor:
-    """Each class's smoothing, linear in its training count: ``head`` for the most frequent class, ``tail`` for
-    the rarest, eps_y = tail + (head - tail) (N_y - N_min) / (N_max - N_min) (Zhong et al. 2021, label-aware
-    smoothing with its linear f): the head classes, the most over-confident, are smoothed most."""
+def label_aware_epsilon(counts, head: float, tail: float, concave: bool = True) -> torch.Tensor:
+    """Each class's smoothing, rising with its training count from ``tail`` (the rarest class) to ``head`` (the most
+    frequent): with r = (N_y - N_min) / (N_max - N_min), eps_y = tail + (head - tail) sin(pi r / 2) (concave, the
+    default of MiSLAS's released code, Zhong et al. 2021) or tail + (head - tail) r (linear). The head classes, the
+    most over-confident, are smoothed most."""
     n = torch.as_tensor(np.asarray(counts), dtype=torch.float32)
-    span = (n.max() - n.min()).clamp_min(1.0)
-    return tail + (head - tail) * (n - n.min()) / span
+    r = (n - n.min()) / (n.max() - n.min()).clamp_min(1.0)
+    return tail + (head - tail) * (torch.sin(r * torch.pi / 2) if concave else r)
 
 
 def label_aware_smoothing(logits: torch.Tensor, labels: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against q_y = 1 - eps_y on the true class and eps_y / (K - 1) on each other one (Zhong et
-    al. 2021); with every eps_y = 0 it is plain cross-entropy."""
+    """Label-aware smoothing (Zhong et al. 2021): cross-entropy against (1 - eps_y) on the true class plus eps_y
+    spread evenly over all K classes, i.e. (1 - eps_y) (-log p_y) + eps_y mean_k(-log p_k), the form of MiSLAS's
+    released code; with every eps_y = 0 it is plain cross-entropy."""
     logp = F.log_softmax(logits.float(), dim=1)
     e = eps.to(logits.device)[labels]
-    true = logp.gather(1, labels[:, None]).squeeze(1)
-    others = (logp.sum(1) - true) / (logits.shape[1] - 1)
-    return -((1 - e) * true + e * others).mean()
+    nll = -logp.gather(1, labels[:, None]).squeeze(1)
+    return ((1 - e) * nll - e * logp.mean(1)).mean()
 
 
 def train_head(ctx, features, head: nn.Module, params, epochs: int, lr: float, loss_fn=None) -> list[dict[str, Any]]:
