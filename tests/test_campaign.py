@@ -190,6 +190,14 @@ def test_status_on_a_fresh_clone_shows_what_the_committed_results_hold(tmp_path)
     assert "done     cao2019-cifar100-if100:ce:seed0  [balanced top-1 0.3878]" in lines  # committed
     assert all(line.split()[0] in ("done", "queued", "waiting") for line in lines[1:-2])
     assert lines[-1].startswith("left: about ") and "finished run(s), none training now" in lines[-1]
+    assert not any("not committed" in line for line in lines)
+    # a finished run whose folder git does not hold as it is: said, so that it is committed before the tree goes
+    run = repo / "results" / "cao2019" / "cifar100_exp100" / "resnet32" / "ce" / "seed0"
+    (run / "spend.json").write_text((run / "spend.json").read_text() + "\n")
+    (repo / "results" / "cao2019" / "cifar100_exp100" / "resnet32" / "ce" / "seed1" / "new.txt").write_text("x")
+    marked = [line for line in campaign.status_lines(repo=repo) if "not committed" in line]
+    assert marked == ["done     cao2019-cifar100-if100:ce:seed0  [balanced top-1 0.3878; not committed]",
+                      next(line for line in marked if ":ce:seed1" in line)] and len(marked) == 2
     (repo / "configs" / "campaign-cpu.yaml").unlink()
     assert campaign.status_lines(repo=repo) == ["no campaign has been started here (make campaign)"]
 

@@ -613,6 +613,26 @@ def stop(repo: Path = REPO, timeout: float = 600.0) -> str:
 DEFAULT_CAMPAIGN = "configs/campaign-cpu.yaml"  # what `ltkit campaign status` shows before any start
 
 
+def _uncommitted_runs(camp: Campaign, rows: list[tuple[Item, str, str]], repo: Path) -> set[Item]:
+    """The done runs whose folder git does not hold as it is (new or changed files): what to commit before the
+    working tree goes. Empty where ``repo`` is no git checkout."""
+    done = [item for item, st, _ in rows if st == "done"]
+    if not done:
+        return set()
+    p = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=all", "--no-renames"],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        return set()
+    changed = [(repo / line[3:].strip().strip('"')).resolve() for line in p.stdout.splitlines() if len(line) > 3]
+    grids = _grids(camp, repo)
+    out = set()
+    for item in done:
+        run_dir = grids[item.grid].run_dir(_cfg(grids[item.grid], item)).resolve()
+        if any(c == run_dir or run_dir in c.parents for c in changed):
+            out.add(item)
+    return out
+
+
 def status_lines(campaign_file: str | Path | None = None, repo: Path = REPO) -> list[str]:
     """What ``ltkit campaign status`` prints: the process, then one line per queued run. Where no campaign was
     started (a fresh clone), the lines of ``DEFAULT_CAMPAIGN``: what its committed results already hold."""
@@ -642,12 +662,15 @@ def status_lines(campaign_file: str | Path | None = None, repo: Path = REPO) -> 
             head = f"no campaign has been started here (make campaign); {DEFAULT_CAMPAIGN}:"
     camp = load_campaign(path)
     rows = item_states(camp, repo)
+    uncommitted = _uncommitted_runs(camp, rows, repo)
     counts: dict[str, int] = {}
     lines = [head]
     for item, st, detail in rows:
         if st == "running" and not alive:
             st = "partial"
         counts[st] = counts.get(st, 0) + 1
+        if item in uncommitted:
+            detail += "; not committed"
         lines.append(f"{st:8s} {item.name}" + (f"  [{detail}]" if detail else ""))
     lines.append(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     jobs = state.get("jobs") if alive else None
