@@ -255,6 +255,7 @@ def test_las_trains_classifier_and_scales_and_shifts_only_the_batchnorm_statisti
     assert not torch.equal(head.clf.weight, s1[prefix + "weight"])  # trained further, from the stage one's
     assert len(r.extra["scales"]) == clf1.out_features
     assert r.extra["smoothing"] == {"head": 0.4, "tail": 0.1, "shape": "concave"}
+    assert r.history["lr"].tolist() == pytest.approx([0.05, 0.0], abs=1e-12)  # cosine over its 2 epochs from 0.1
     assert "shifted" in r.extra["features"]
     kept = run({**cfg, "procedure": "las", "stage1": "ce", "stage2_epochs": 2, "procedure_params": {"shift_bn": False}},
                ckpt_dir=tmp_path / "las" / "seed0", progress=False, keep_model=True)

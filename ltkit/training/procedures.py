@@ -147,12 +147,14 @@ def lws(ctx: Context, ckpt_dir: Path | None, progress: bool = True, lr: float = 
 @PROCEDURES.register("las", stage=2, trainings=0, label="LAS + shifted BN",
                      paper="Zhong et al. 2021 (MiSLAS's stage two)")
 def las(ctx: Context, ckpt_dir: Path | None, progress: bool = True, lr: float = 0.1, smooth_head: float = 0.4,
-        smooth_tail: float = 0.1, concave: bool = True, shift_bn: bool = True) -> Fitted:
+        smooth_tail: float = 0.1, concave: bool = True, shift_bn: bool = True, classifier_lr_factor: float = 0.2,
+        weight_decay: float = 2e-4) -> Fitted:
     """MiSLAS's stage two: the stage one's classifier, kept and trained further, times one learnable scale per
     class (as LWS), on class-balanced batches of augmented images with label-aware smoothing (``smooth_head`` for
     the most frequent class down to ``smooth_tail`` for the rarest, concave in the count: the values and the
     shape of MiSLAS's released CIFAR-100 stage two), while the frozen backbone's BatchNorm statistics follow those
-    batches (``shift_bn``)."""
+    batches (``shift_bn``). SGD with a cosine schedule over the stage's epochs, the scales at ``lr``, the classifier
+    at ``classifier_lr_factor`` x ``lr``, weight decay ``weight_decay``: the released config's values."""
     import torch
     from torch import nn
 
@@ -169,8 +171,9 @@ def las(ctx: Context, ckpt_dir: Path | None, progress: bool = True, lr: float = 
     scale = nn.Parameter(torch.ones(ctx.ds.num_classes, device=ctx.device))
     head = Scaled(clf, scale)
     eps = label_aware_epsilon(ctx.ds.train_counts, smooth_head, smooth_tail, concave)
-    rows = train_head(ctx, features, head, [*clf.parameters(), scale], ctx.cfg.stage2_epochs, lr,
-                      loss_fn=lambda z, y: label_aware_smoothing(z, y, eps))
+    groups = [{"params": list(clf.parameters()), "lr": classifier_lr_factor * lr}, {"params": [scale], "lr": lr}]
+    rows = train_head(ctx, features, head, groups, ctx.cfg.stage2_epochs, lr,
+                      loss_fn=lambda z, y: label_aware_smoothing(z, y, eps), weight_decay=weight_decay)
     set_classifier(model, ctx.cfg.model, head)
     return fitted(model.eval(), rows, scales=scale.detach().cpu().numpy().round(4).tolist(), features=how,
                   smoothing={"head": smooth_head, "tail": smooth_tail, "shape": "concave" if concave else "linear"})

@@ -158,11 +158,13 @@ def label_aware_smoothing(logits: torch.Tensor, labels: torch.Tensor, eps: torch
     return ((1 - e) * nll - e * logp.mean(1)).mean()
 
 
-def train_head(ctx, features, head: nn.Module, params, epochs: int, lr: float, loss_fn=None) -> list[dict[str, Any]]:
+def train_head(ctx, features, head: nn.Module, params, epochs: int, lr: float, loss_fn=None,
+               weight_decay: float = 5e-4) -> list[dict[str, Any]]:
     """SGD on the classifier alone, class-balanced sampling, cosine schedule (Kang et al. 2020, section 4);
-    ``loss_fn(logits, labels)``: cross-entropy unless given."""
+    ``params``: parameters, or parameter groups each with its own ``lr``; ``loss_fn(logits, labels)``:
+    cross-entropy unless given."""
     loss_fn = loss_fn or F.cross_entropy
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     labels = ctx.train.labels
     rows = []
@@ -179,7 +181,7 @@ def train_head(ctx, features, head: nn.Module, params, epochs: int, lr: float, l
             opt.step()
             total += float(loss.detach()) * len(idx)
         sched.step()
-        rows.append({"epoch": epoch, "lr": sched.get_last_lr()[0], "train_loss": total / len(order),
+        rows.append({"epoch": epoch, "lr": max(sched.get_last_lr()), "train_loss": total / len(order),
                      "seconds": time.perf_counter() - t0})
     if hasattr(features, "remove_hook"):
         features.remove_hook()
