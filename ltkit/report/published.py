@@ -26,7 +26,7 @@ RECIPE_REASONS = {
     "mislas_recipe": "MiSLAS's stage one is ours with mixup (alpha 1; its released CIFAR-100 config: lr 0.1, batch "
                      "128, weight decay 2e-4, 200 epochs, no cosine schedule); it re-trains the classifier for 10 "
                      "epochs with class-balanced sampling, label-aware smoothing and shifted batch normalisation "
-                     "(ours: las_mixup, the same stage two, with our heads' SGD settings) and reports the best of "
+                     "(ours: las_mixup, the same stage two and optimiser settings) and reports the best of "
                      "those epochs on the test set",
 }
 
