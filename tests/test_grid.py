@@ -328,3 +328,33 @@ def test_a_grid_extends_another_and_changes_only_what_it_names(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: nowhere.yaml\n")
     with pytest.raises(ConfigError, match="nowhere.yaml does not exist"):
         load_grid(tmp_path / "c.yaml")
+
+
+def test_a_run_the_campaign_is_training_is_running_to_grid_status_and_left_alone_by_grid_run(tmp_path):
+    """The campaign keeps its checkpoints in the user's cache; a plain `grid run` / `grid status` in the checkout
+    used ./checkpoints only, so a run the campaign was training read 'missing' and a `grid run` trained it a second
+    time beside the campaign. Now both look in the campaign's folder too."""
+    from conftest import cli, write_grid
+
+    from ltkit.core.layout import campaign_checkpoints_root
+    from ltkit.grid.plan import progress
+
+    path = write_grid(tmp_path, grid_spec(tmp_path, SYN, methods=["ce", "bs"]))
+    grid = load_grid(path)
+    ce = next(c for c in grid.runs if c.method == "ce")
+    other = grid.campaign_ckpt_dir(ce)
+    assert other is not None and other.is_relative_to(campaign_checkpoints_root()) and other != grid.ckpt_dir(ce)
+    other.mkdir(parents=True)
+    (other / "progress.json").write_text(json.dumps({"epoch": 3, "epochs": 9, "seconds_per_epoch": 60.0}))
+    with run_lock(other / ".train.lock"):  # what the campaign's training process holds
+        assert {c.method: str(st) for c, st, _ in plan(grid)} == {"ce": "running", "bs": "missing"}
+        assert progress(grid, ce) == "by the campaign: epoch 3/9, ~6 min left"
+        proc = cli("grid", "run", path)
+        assert proc.returncode == 0, proc.stderr
+        assert f"skip {ce.run_path()}: the campaign is training it (its checkpoints in {other})" in proc.stderr
+        assert not (grid.run_dir(ce) / "metrics.json").exists() and (grid.run_dir(grid.runs[1]) / "metrics.json").exists()
+        status = cli("grid", "status", path).stdout
+        assert "running" in status and "by the campaign: epoch 3/9" in status
+    own = load_grid(path)
+    own.checkpoints = campaign_checkpoints_root()  # the campaign's own grid: one root, nothing else to look at
+    assert own.campaign_ckpt_dir(ce) is None

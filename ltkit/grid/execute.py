@@ -168,6 +168,11 @@ def _execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, 
             if _wait_for_training(ckpt / TRAIN_LOCK, TRAIN_LOCK_WAIT):
                 _log.info(f"skip {cfg.run_path()}: another process is still training it (pid in {ckpt / TRAIN_LOCK})")
                 return Outcome.BUSY
+            other = grid.campaign_ckpt_dir(cfg)
+            if other is not None and (is_locked(other / RUNNER_LOCK) or is_locked(other / TRAIN_LOCK)):
+                _log.info(f"skip {cfg.run_path()}: the campaign is training it (its checkpoints in {other}); "
+                          "`ltkit campaign status` shows it")
+                return Outcome.BUSY
             if not force and run_status(run_dir, cfg.fingerprint()) == Status.DONE:
                 _log.info(f"skip {cfg.run_path()}: finished by another process meanwhile")
                 return Outcome.BUSY

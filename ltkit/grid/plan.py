@@ -129,9 +129,17 @@ def _checkpoints(ckpt: Path) -> list[tuple[str, Path]]:
 
 def progress(grid: Grid, cfg: RunConfig) -> str:
     """'epoch 37/200 (launch 2), ~40 min left' from a run's progress file ('expert tail: epoch 3/10' for a run
-    that trains several models), '' if it has none."""
+    that trains several models), '' if it has none; a run the campaign is training, from the campaign's."""
+    ckpt, other = grid.ckpt_dir(cfg), grid.campaign_ckpt_dir(cfg)
+    if other is not None and _locked_in(other) and not _locked_in(ckpt):
+        where = _progress_in(other)
+        return "by the campaign" + (f": {where}" if where else "")
+    return _progress_in(ckpt)
+
+
+def _progress_in(ckpt: Path) -> str:
     out = []
-    for part, folder in _checkpoints(grid.ckpt_dir(cfg)) or [("", grid.ckpt_dir(cfg))]:
+    for part, folder in _checkpoints(ckpt) or [("", ckpt)]:
         try:
             p = json.loads((folder / PROGRESS).read_text())
         except (OSError, ValueError):
@@ -164,8 +172,18 @@ def forced_note(grid: Grid, cfg: RunConfig) -> str:
 
 def _locked(grid: Grid, cfg: RunConfig) -> bool:
     """A runner holds the run (``.lock``) or a process is training it (``.train.lock``, held by the
-    training process itself, so it outlives a killed runner). Read-only."""
-    return is_locked(grid.ckpt_dir(cfg) / RUNNER_LOCK) or is_locked(grid.ckpt_dir(cfg) / TRAIN_LOCK)
+    training process itself, so it outlives a killed runner), here or in the campaign's checkpoints. Read-only."""
+    return _locked_in(grid.ckpt_dir(cfg)) or _campaign_training(grid, cfg)
+
+
+def _locked_in(ckpt: Path) -> bool:
+    return is_locked(ckpt / RUNNER_LOCK) or is_locked(ckpt / TRAIN_LOCK)
+
+
+def _campaign_training(grid: Grid, cfg: RunConfig) -> bool:
+    """The campaign (its checkpoints in the per-user cache, not this grid's root) holds or trains this run."""
+    other = grid.campaign_ckpt_dir(cfg)
+    return other is not None and _locked_in(other)
 
 
 def pending_runs(grid: Grid, force: bool = False, dedupe: bool = True) -> tuple[list[RunConfig], dict[str, list[str]]]:

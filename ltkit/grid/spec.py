@@ -27,7 +27,7 @@ import yaml
 
 from ..config.fields import ConfigError, RunConfig
 from ..core.io import yaml_load
-from ..core.layout import checkpoints_root
+from ..core.layout import campaign_checkpoints_root, checkpoints_root
 from ..core.layout import home as default_home
 from ..training.check import make_config
 from ..training.procedures import PROCEDURES
@@ -73,6 +73,16 @@ class Grid:
 
     def ckpt_dir(self, cfg: RunConfig) -> Path:
         return self.ckpt_root / cfg.run_path()
+
+    def campaign_ckpt_dir(self, cfg: RunConfig) -> Path | None:
+        """The same run's checkpoint folder under the campaign's root (the per-user cache), where that is not this
+        grid's own: a plain ``ltkit grid run`` or ``grid status`` in the checkout then sees a run the campaign is
+        training (and leaves it alone) instead of calling it missing and training it a second time. None where
+        the two roots are one (the campaign's own runs, or ``LTKIT_CHECKPOINTS`` set)."""
+        if self.checkpoints is not None:
+            return None
+        other = campaign_checkpoints_root(self.home or default_home()) / self.ckpt_root.name / cfg.run_path()
+        return None if other.resolve() == self.ckpt_dir(cfg).resolve() else other
 
 
 def _read_spec(path: Path) -> dict:
