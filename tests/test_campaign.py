@@ -179,7 +179,7 @@ def test_start_hands_the_runs_the_checkouts_data_and_refuses_a_queue_that_has_no
     assert list(missing) == ["cifar-grid:ce:seed0"] and "no data under" in missing["cifar-grid:ce:seed0"]
 
 
-def test_status_on_a_fresh_clone_shows_what_the_committed_results_hold(tmp_path):
+def test_status_on_a_fresh_clone_shows_what_the_committed_results_hold(tmp_path, monkeypatch):
     """Before any start (a fresh clone, or a machine whose .campaign/ is gone) status used to print one line; it
     now lists configs/campaign-cpu.yaml's queue, done where results/ holds the run and queued elsewhere."""
     repo = _clone(tmp_path, epochs=2)
@@ -191,6 +191,10 @@ def test_status_on_a_fresh_clone_shows_what_the_committed_results_hold(tmp_path)
     assert all(line.split()[0] in ("done", "queued", "waiting") for line in lines[1:-2])
     assert lines[-1].startswith("left: about ") and "finished run(s), none training now" in lines[-1]
     assert not any("not committed" in line for line in lines)
+    # status never plans a split: a shell's OMP_NUM_THREADS that a start would refuse leaves it as it is
+    monkeypatch.setenv("OMP_NUM_THREADS", "64")
+    assert campaign.status_lines(repo=repo) == lines
+    monkeypatch.delenv("OMP_NUM_THREADS")
     # a finished run whose folder git does not hold as it is: said, so that it is committed before the tree goes
     run = repo / "results" / "cao2019" / "cifar100_exp100" / "resnet32" / "ce" / "seed0"
     (run / "spend.json").write_text((run / "spend.json").read_text() + "\n")
@@ -214,7 +218,7 @@ def test_status_says_how_long_the_queue_has_left_at_the_pace_of_the_runs_trainin
     todo = [(i, st) for i, st, _ in rows if st != "done"]
     stage_one = [i for i, _ in todo if PROCEDURES.info(campaign._cfg(grids[i.grid], i).procedure).trainings]
     assert len(stage_one) >= 2 and len(todo) > len(stage_one)  # the committed queue has both kinds left
-    idle = campaign.time_left(camp, rows, jobs=1, home=REPO)
+    idle = campaign.time_left(grids, rows, jobs=1)
     assert "none training now" in idle and f"for {len(todo)} run(s), 1 at a time" in idle
 
     first = stage_one[0]
@@ -232,11 +236,11 @@ def test_status_says_how_long_the_queue_has_left_at_the_pace_of_the_runs_trainin
     stage_two = sum(sum(two.get(p, every)) / len(two.get(p, every)) for p in (campaign._cfg(grids[i.grid], i).procedure
                                                                               for i, _ in todo if i not in stage_one))
     for jobs in (1, 2):
-        line = campaign.time_left(camp, rows, jobs=jobs, home=REPO)
+        line = campaign.time_left(grids, rows, jobs=jobs)
         hours = (epochs * 36.0 + stage_two) / jobs / 3600
         assert line.startswith(f"left: about {hours:.0f} h of training for {len(todo)} run(s), {jobs} at a time "
                                f"({epochs} epochs at 36 s each, the pace of the runs training now")
-    assert campaign.time_left(camp, [(i, "done", "") for i, _, _ in rows], jobs=2, home=REPO) == ""
+    assert campaign.time_left(grids, [(i, "done", "") for i, _, _ in rows], jobs=2) == ""
 
 
 def test_a_grids_relative_data_root_is_the_checkouts_not_the_worktrees(tmp_path, monkeypatch):

@@ -136,9 +136,11 @@ def _cfg(grid: Grid, item: Item):
     return next(r for r in grid.runs if r.method == item.method and r.seed == item.seed)
 
 
-def item_states(camp: Campaign, home: Path | None = None) -> list[tuple[Item, str, str]]:
-    """(item, state, detail) for every item: done, running, partial, failed, stale, waiting, queued."""
-    grids = _grids(camp, home)
+def item_states(camp: Campaign, home: Path | None = None,
+                grids: dict[str, Grid] | None = None) -> list[tuple[Item, str, str]]:
+    """(item, state, detail) for every item: done, running, partial, failed, stale, waiting, queued (``grids``:
+    :func:`_grids` of ``camp`` and ``home``, where the caller has them already)."""
+    grids = grids or _grids(camp, home)
     status: dict[Item, str] = {}
     for gname, grid in grids.items():
         rows = {(c.method, c.seed): st for c, st, _ in plan(grid)}
@@ -162,17 +164,16 @@ def item_states(camp: Campaign, home: Path | None = None) -> list[tuple[Item, st
     return out
 
 
-def time_left(camp: Campaign, rows: list[tuple[Item, str, str]], jobs: int, home: Path | None = None) -> str:
+def time_left(grids: dict[str, Grid], rows: list[tuple[Item, str, str]], jobs: int) -> str:
     """How long the rest of the queue trains, as a line of ``status``: the epochs left of every run not done
     at the pace of the runs training now (their last epoch time, under the campaign's own split; else the
     finished stage-one runs' mean pace), stage twos at what their finished runs of the same procedure took (else
-    any stage two's), ``jobs`` at a time. '' when
-    nothing is left or no pace is known yet. A projection, not a promise: a stop, a restart from an older
-    checkpoint or other work on the machine moves it."""
+    any stage two's), ``jobs`` at a time. '' when nothing is left or no pace is known yet. A projection, not a
+    promise: a stop, a restart from an older checkpoint or other work on the machine moves it. ``grids``: the
+    campaign's (:func:`_grids`)."""
     from ..runs.records import training_seconds
     from ..training.procedures import PROCEDURES
 
-    grids = _grids(camp, home)
     todo = [(item, st) for item, st, _ in rows if st != "done"]
     if not todo:
         return ""
@@ -187,16 +188,17 @@ def time_left(camp: Campaign, rows: list[tuple[Item, str, str]], jobs: int, home
     source = "the pace of the runs training now"
     finished_paces = []
     for item, st, _ in rows:
-        grid = grids[item.grid]
-        cfg = _cfg(grid, item)
         if st != "done":
             continue
+        grid = grids[item.grid]
+        cfg = _cfg(grid, item)
         took = training_seconds(grid.run_dir(cfg))
+        trainings = PROCEDURES.info(cfg.procedure).trainings
         if not took:
             continue
-        if PROCEDURES.info(cfg.procedure).trainings:
+        if trainings:
             if cfg.epochs:
-                finished_paces.append(took / (cfg.epochs * PROCEDURES.info(cfg.procedure).trainings))
+                finished_paces.append(took / (cfg.epochs * trainings))
         else:
             stage_two.setdefault(cfg.procedure, []).append(took)
     if not paces and finished_paces:
@@ -613,18 +615,17 @@ def stop(repo: Path = REPO, timeout: float = 600.0) -> str:
 DEFAULT_CAMPAIGN = "configs/campaign-cpu.yaml"  # what `ltkit campaign status` shows before any start
 
 
-def _uncommitted_runs(camp: Campaign, rows: list[tuple[Item, str, str]], repo: Path) -> set[Item]:
+def _uncommitted_runs(grids: dict[str, Grid], rows: list[tuple[Item, str, str]], repo: Path) -> set[Item]:
     """The done runs whose folder git does not hold as it is (new or changed files): what to commit before the
     working tree goes. Empty where ``repo`` is no git checkout."""
     done = [item for item, st, _ in rows if st == "done"]
     if not done:
         return set()
-    p = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=all", "--no-renames"],
+    p = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "-z", "--untracked-files=all", "--no-renames"],
                        capture_output=True, text=True)
     if p.returncode != 0:
         return set()
-    changed = [(repo / line[3:].strip().strip('"')).resolve() for line in p.stdout.splitlines() if len(line) > 3]
-    grids = _grids(camp, repo)
+    changed = [(repo / entry[3:]).resolve() for entry in p.stdout.split("\0") if len(entry) > 3]  # 'XY path'
     out = set()
     for item in done:
         run_dir = grids[item.grid].run_dir(_cfg(grids[item.grid], item)).resolve()
@@ -661,8 +662,9 @@ def status_lines(campaign_file: str | Path | None = None, repo: Path = REPO) -> 
         if not problem:
             head = f"no campaign has been started here (make campaign); {DEFAULT_CAMPAIGN}:"
     camp = load_campaign(path)
-    rows = item_states(camp, repo)
-    uncommitted = _uncommitted_runs(camp, rows, repo)
+    grids = _grids(camp, repo)
+    rows = item_states(camp, repo, grids)
+    uncommitted = _uncommitted_runs(grids, rows, repo)
     counts: dict[str, int] = {}
     lines = [head]
     for item, st, detail in rows:
@@ -673,8 +675,9 @@ def status_lines(campaign_file: str | Path | None = None, repo: Path = REPO) -> 
             detail += "; not committed"
         lines.append(f"{st:8s} {item.name}" + (f"  [{detail}]" if detail else ""))
     lines.append(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    jobs = state.get("jobs") if alive else None
-    left = time_left(camp, rows, int(jobs or camp.jobs or cpu_plan(None, None)[0]), repo)
+    # the campaign's own split where it started one, else what a start here would take (never raises: status only)
+    jobs = state.get("jobs") or camp.jobs or (measured_cpu_split() or (1, 0))[0]
+    left = time_left(grids, rows, int(jobs))
     if left:
         lines.append(left)
     return lines

@@ -49,7 +49,7 @@ from ..runs.portable import notebook_json, portable_notebook, recorded_notebook,
 from ..runs.provenance import git_commit
 from ..runs.records import record_failure, record_spend
 from ..runs.status import Status, load_metrics, mark_complete, notebook_error, read_notebook, run_status
-from .plan import FORCED_ATTEMPT, FORCED_OUTPUT, Outcome, forced_attempt
+from .plan import FORCED_ATTEMPT, FORCED_OUTPUT, Outcome, campaign_training, forced_attempt
 from .processes import KERNEL_START_ERRORS, STOP, _papermill
 from .spec import Grid
 
@@ -168,10 +168,9 @@ def _execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, 
             if _wait_for_training(ckpt / TRAIN_LOCK, TRAIN_LOCK_WAIT):
                 _log.info(f"skip {cfg.run_path()}: another process is still training it (pid in {ckpt / TRAIN_LOCK})")
                 return Outcome.BUSY
-            other = grid.campaign_ckpt_dir(cfg)
-            if other is not None and (is_locked(other / RUNNER_LOCK) or is_locked(other / TRAIN_LOCK)):
-                _log.info(f"skip {cfg.run_path()}: the campaign is training it (its checkpoints in {other}); "
-                          "`ltkit campaign status` shows it")
+            if campaign_training(grid, cfg):
+                _log.info(f"skip {cfg.run_path()}: the campaign is training it (its checkpoints in "
+                          f"{grid.campaign_ckpt_dir(cfg)}); `ltkit campaign status` shows it")
                 return Outcome.BUSY
             if not force and run_status(run_dir, cfg.fingerprint()) == Status.DONE:
                 _log.info(f"skip {cfg.run_path()}: finished by another process meanwhile")

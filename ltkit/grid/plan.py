@@ -173,14 +173,14 @@ def forced_note(grid: Grid, cfg: RunConfig) -> str:
 def _locked(grid: Grid, cfg: RunConfig) -> bool:
     """A runner holds the run (``.lock``) or a process is training it (``.train.lock``, held by the
     training process itself, so it outlives a killed runner), here or in the campaign's checkpoints. Read-only."""
-    return _locked_in(grid.ckpt_dir(cfg)) or _campaign_training(grid, cfg)
+    return _locked_in(grid.ckpt_dir(cfg)) or campaign_training(grid, cfg)
 
 
 def _locked_in(ckpt: Path) -> bool:
     return is_locked(ckpt / RUNNER_LOCK) or is_locked(ckpt / TRAIN_LOCK)
 
 
-def _campaign_training(grid: Grid, cfg: RunConfig) -> bool:
+def campaign_training(grid: Grid, cfg: RunConfig) -> bool:
     """The campaign (its checkpoints in the per-user cache, not this grid's root) holds or trains this run."""
     other = grid.campaign_ckpt_dir(cfg)
     return other is not None and _locked_in(other)
@@ -285,7 +285,7 @@ def spend_summary(grid: Grid) -> dict[str, Any]:
             done = [e for e in entries if e.get("outcome") == "done"]
             trainings = PROCEDURES.info(cfg.procedure).trainings
             if done and st == Status.DONE:  # the finishing attempt's device share over the whole training's time
-                last, took = done[-1], training_seconds(run_dir) or 0.0
+                last, took = done[-1], training_seconds(run_dir, entries) or 0.0
                 share = device_hours(last) / (float(last["seconds"]) / 3600) if float(last.get("seconds") or 0) else 0.0
                 (per_training if trainings else stage_two).append(took / 3600 * share / max(trainings, 1))
         else:

@@ -127,13 +127,15 @@ def attempts(run_dir: str | Path) -> list[dict[str, Any]]:
     return entries
 
 
-def training_seconds(run_dir: str | Path) -> float | None:
+def training_seconds(run_dir: str | Path, entries: list[dict[str, Any]] | None = None) -> float | None:
     """Wall seconds the current result took to train: its finishing attempt's, or, where that attempt resumed
     from a checkpoint, the epoch seconds of ``history.csv`` (each epoch once, whichever launch trained it),
     whichever is larger. The finishing attempt alone of a run resumed at epoch 170 is a seventh of a training,
-    and a projection from it was a seventh of the truth. None: the run has not finished."""
+    and a projection from it was a seventh of the truth. None: the run has not finished. ``entries``: the run's
+    :func:`attempts`, where the caller has read them already."""
     run_dir = Path(run_dir)
-    done = [float(e.get("seconds") or 0) for e in attempts(run_dir) if e.get("outcome") == "done"]
+    done = [float(e.get("seconds") or 0) for e in (attempts(run_dir) if entries is None else entries)
+            if e.get("outcome") == "done"]
     if not done:
         return None
     return max(done[-1], sum(_launch_seconds(run_dir).values()))
