@@ -263,6 +263,33 @@ def test_one_seed_against_published_is_judged_by_its_own_interval_never_a_seed_s
     assert "beyond 0.5 points (one seed, no interval recorded)" in ce_text and "seed spread" not in ce_text
 
 
+def test_the_strong_recipe_stands_beside_mislas_and_each_sentence_says_the_papers_recipe_once():
+    """ce_mixup (its best epoch on test) beside MiSLAS's stage one (39.50), las_mixup (a stage two: its one number)
+    beside MiSLAS (47.00); where the difference lies beyond our spread, the paper's recipe is the likely reason,
+    said once (not also in the parenthesis), and within it the parenthesis names it."""
+    pub = report.published("cifar_lt_resnet32_published.csv")
+    rows = []
+    for seed, (last, best, las) in enumerate([(0.400, 0.405, 0.455), (0.395, 0.400, 0.450), (0.410, 0.412, 0.460)]):
+        rows += [{"data": "cifar100_exp100", "method": "ce_mixup", "procedure": "train", "seed": seed,
+                  "balanced.top1": last, "balanced.top1_best_epoch_on_test": best},
+                 {"data": "cifar100_exp100", "method": "las_mixup", "procedure": "las", "seed": seed,
+                  "balanced.top1": las}]
+    t = report.against_published(pd.DataFrame(rows), pub).set_index("method")
+    assert t.loc["ce_mixup", "published"] == 39.5 and t.loc["ce_mixup", "ours_best_on_test"] == pytest.approx(40.5667, abs=1e-3)
+    las = t.loc["las_mixup"]
+    assert las["published"] == 47.0 and las["stage_two"] and las["diff"] == pytest.approx(-1.5)
+    assert las["beyond_spread"] and not las["investigate"]  # another paper's recipe: never a same-recipe finding
+    t.loc["las_mixup", "differs_in"] = "precision bf16; " + las["differs_in"]
+    sentence = next(x for x in report.published_sentences(t.reset_index()) if "MiSLAS, CVPR" in x)
+    assert "(our recipe differs from the paper's in precision bf16):" in sentence
+    assert sentence.count("MiSLAS's stage one is ours with mixup") == 1
+    assert "Likely reason: MiSLAS's stage one is ours with mixup" in sentence
+    t.loc["las_mixup", "beyond_spread"] = False
+    sentence = next(x for x in report.published_sentences(t.reset_index()) if "MiSLAS, CVPR" in x)
+    assert "(our recipe differs from the paper's in precision bf16; the paper's recipe: MiSLAS's stage one" in sentence
+    assert sentence.count("MiSLAS's stage one is ours with mixup") == 1 and "Likely reason" not in sentence
+
+
 def test_the_landing_page_puts_ours_with_its_uncertainty_beside_the_papers_numbers():
     """One seed: the run's own interval; three seeds: mean ± std; ours as the paper counts beside the paper's number."""
     pub = report.published("cifar_lt_resnet32_published.csv")

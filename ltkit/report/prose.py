@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..metrics import HEADLINE
 from .names import method_label
-from .published import INVESTIGATE_POINTS, RECIPE_REASONS
+from .published import INVESTIGATE_POINTS, PAPER_RECIPE, RECIPE_REASONS
 from .tables import compare_to_baseline, seed_summary
 
 
@@ -64,14 +64,21 @@ def published_sentences(table: pd.DataFrame) -> list[str]:
                  else f"best epoch on test; last epoch {r['ours_last']:.2f}")
         head = (f"**{method_label(r['method'])}** ({r['data']}, {r['seeds']} seed{'s' if r['seeds'] != 1 else ''}): ours {ours} "
                 f"({which}) vs {r['published']:.2f} in {r['source']}")
-        differs = r.get("differs_in") or ""
-        if differs:
-            head += f" (our recipe differs from the paper's in {differs})"
+        # differs_in: our runs' own differences, then "the paper's recipe: ..." where another paper's recipe is
+        # compared (ltkit.report.published.against_published); a sentence says each once: the paper's recipe is
+        # the likely reason where the difference lies beyond our spread, else it stands in the parenthesis
+        ours_differ, _, paper = (r.get("differs_in") or "").partition(PAPER_RECIPE)
+        ours_differ = ours_differ.strip().removesuffix(";")
+        beyond = bool(r["beyond_spread"])
+        said = [f"our recipe differs from the paper's in {ours_differ}"] if ours_differ else []
+        said += [f"{PAPER_RECIPE}{paper}"] if paper and not beyond else []
+        if said:
+            head += f" ({'; '.join(said)})"
         within = r["tolerance_kind"]
-        if not r["beyond_spread"]:
+        if not beyond:
             out.append(f"{head}: {r['diff']:+.2f} points, within {within}.")
             continue
-        why = RECIPE_REASONS.get(r["recipe"], "the recipes differ")
+        why = paper or RECIPE_REASONS.get(r["recipe"], "the recipes differ")
         flag = f" More than {INVESTIGATE_POINTS} points from a same-recipe number: a finding to investigate." \
             if r["investigate"] else ""
         out.append(f"{head}: {r['diff']:+.2f} points, beyond {within}. Likely reason: {why}.{flag}")

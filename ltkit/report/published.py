@@ -31,6 +31,8 @@ RECIPE_REASONS = {
 }
 
 
+PAPER_RECIPE = "the paper's recipe: "  # how differs_in names another paper's recipe after our runs' own differences
+
 INVESTIGATE_POINTS = 1.5  # a mean this far from a same-recipe published number is a finding (issue: honest numbers)
 
 
@@ -82,7 +84,7 @@ def against_published(df: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
             recipe = str(p["recipe_note"]).split()[0]
             differs = _recipe_differences(g)
             if recipe != "cao2019":  # our runs follow Cao et al.'s recipe: another paper's differs in its own ways too
-                differs = "; ".join(x for x in (differs, f"the paper's recipe: {RECIPE_REASONS.get(recipe, recipe)}") if x)
+                differs = "; ".join(x for x in (differs, f"{PAPER_RECIPE}{RECIPE_REASONS.get(recipe, recipe)}") if x)
             rows.append({"data": data, "method": method, "seeds": len(g), "ours_last": float(last.mean()),
                          "ours_last_std": float(last.std(ddof=1)) if len(g) > 1 else float("nan"),
                          "ours_best_on_test": float(bot.mean()) if len(bot) else float("nan"),
