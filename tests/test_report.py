@@ -472,3 +472,12 @@ def test_the_thesis_losses_are_set_beside_the_from_scratch_protocol_each_against
     t1, _ = thesis_vs_scratch(thesis, one)
     assert t1.loc["Focal", "from scratch: vs CE"] == pytest.approx(1.0) and t1.loc["Focal", "from scratch: ResNet-32"] == "41.00 (1)"
     assert "1 of the 1 class-sensitive loss(es)" in sentences[0] and "Not trained from scratch yet: Focal" in sentences[1]
+    assert not any("other way" in x for x in sentences)
+    # a loss that moves top-1 one way from CE with pretrained backbones and the other way from scratch is named,
+    # with both differences (the thesis's SEQL is far below its CE; from scratch it may beat CE)
+    seql = pd.concat([runs, pd.DataFrame({"data": "cifar100_exp100", "method": ["seql"], "seed": [0],
+                                          "balanced.top1": [0.40]})])
+    t2, s2 = thesis_vs_scratch(thesis, seql)
+    th_seql = t2.loc["SEQL", "pretrained: vs CE"]
+    assert th_seql < 0 and t2.loc["SEQL", "from scratch: vs CE"] == pytest.approx(2.0)
+    assert f"The other way in the two protocols: SEQL ({th_seql:+.2f} pretrained, +2.00 from scratch)." in s2

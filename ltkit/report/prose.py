@@ -170,6 +170,10 @@ def thesis_vs_scratch(thesis: pd.DataFrame, runs: pd.DataFrame, key: str = HEADL
                    f"same way from CE in both ({', '.join(agree) or 'none'}). The best against CE is {best_th} "
                    f"({both.loc[best_th, 'pretrained: vs CE']:+.2f} points, mean of the thesis's four backbones) with "
                    f"pretrained backbones and {best_us} ({both.loc[best_us, 'from scratch: vs CE']:+.2f}) from scratch.")
+        other = [f"{i} ({r['pretrained: vs CE']:+.2f} pretrained, {r['from scratch: vs CE']:+.2f} from scratch)"
+                 for i, r in both.iterrows() if i not in agree]
+        if other:  # the protocol findings: a loss that helps (or hurts) in one protocol only
+            out.append(f"The other way in the two protocols: {', '.join(other)}.")
     missing = [i for i, r in table.iterrows() if r["from scratch: ResNet-32"] == "not trained yet"]
     if missing:
         out.append(f"Not trained from scratch yet: {', '.join(missing)} (queued in the CPU campaign).")
