@@ -279,7 +279,8 @@ def test_the_strong_recipe_stands_beside_mislas_and_each_sentence_says_the_paper
     las = t.loc["las_mixup"]
     assert las["published"] == 47.0 and las["stage_two"] and las["diff"] == pytest.approx(-1.5)
     assert las["beyond_spread"] and not las["investigate"]  # another paper's recipe: never a same-recipe finding
-    t.loc["las_mixup", "differs_in"] = "precision bf16; " + las["differs_in"]
+    assert las["differs_in"] == "the paper's recipe: " + las["paper_recipe"] and las["ours_differ"] == ""
+    t.loc["las_mixup", "ours_differ"] = "precision bf16"
     sentence = next(x for x in report.published_sentences(t.reset_index()) if "MiSLAS, CVPR" in x)
     assert "(our recipe differs from the paper's in precision bf16):" in sentence
     assert sentence.count("MiSLAS's stage one is ours with mixup") == 1

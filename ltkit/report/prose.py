@@ -64,11 +64,9 @@ def published_sentences(table: pd.DataFrame) -> list[str]:
                  else f"best epoch on test; last epoch {r['ours_last']:.2f}")
         head = (f"**{method_label(r['method'])}** ({r['data']}, {r['seeds']} seed{'s' if r['seeds'] != 1 else ''}): ours {ours} "
                 f"({which}) vs {r['published']:.2f} in {r['source']}")
-        # differs_in: our runs' own differences, then "the paper's recipe: ..." where another paper's recipe is
-        # compared (ltkit.report.published.against_published); a sentence says each once: the paper's recipe is
-        # the likely reason where the difference lies beyond our spread, else it stands in the parenthesis
-        ours_differ, _, paper = (r.get("differs_in") or "").partition(PAPER_RECIPE)
-        ours_differ = ours_differ.strip().removesuffix(";")
+        # a sentence says each difference once: the paper's recipe is the likely reason where the difference lies
+        # beyond our spread, else it stands in the parenthesis beside our runs' own differences
+        ours_differ, paper = r.get("ours_differ") or "", r.get("paper_recipe") or ""
         beyond = bool(r["beyond_spread"])
         said = [f"our recipe differs from the paper's in {ours_differ}"] if ours_differ else []
         said += [f"{PAPER_RECIPE}{paper}"] if paper and not beyond else []
