@@ -189,7 +189,7 @@ def compare_to_baseline(df: pd.DataFrame, key: str, by: list[str], baseline: str
             if len(seeds) >= 2:
                 r = paired_difference(gm.loc[seeds, key].to_numpy() * scale, base.loc[seeds, key].to_numpy() * scale)
                 r["how"] = f"paired t over {len(seeds)} seeds"
-            elif len(seeds) == 1:
+            elif len(seeds) == 1 and "path" in gm:  # no saved predictions to resample: no interval to give
                 split = key.split(".")[0]
                 pa, pb = _predictions(gm.loc[seeds[0], "path"], split), _predictions(base.loc[seeds[0], "path"], split)
                 if pa is None or pb is None:
