@@ -128,7 +128,7 @@ def _paired_vs_ce(runs: pd.DataFrame, method: str, key: str, scale: float) -> fl
     return round(float((both[method] - both["ce"]).mean() * scale), 2) if len(both) else np.nan
 
 
-def _beyond_chance(runs: pd.DataFrame, key: str, data: str, scale: float) -> dict[str, bool]:
+def _significant_vs_ce(runs: pd.DataFrame, key: str, data: str, scale: float) -> dict[str, bool]:
     """Per loss label: whether its from-scratch difference from CE on ``data`` is significant, computed over every
     run given (the family the book's table against CE adjusts over); a loss that could not be tested is absent."""
     if not len(runs) or key not in runs:
@@ -191,9 +191,9 @@ def thesis_vs_scratch(thesis: pd.DataFrame, runs: pd.DataFrame, key: str = HEADL
                    f"({both.loc[best_th, 'pretrained: vs CE']:+.2f} points, mean of the thesis's four backbones) with "
                    f"pretrained backbones and {best_us} ({both.loc[best_us, 'from scratch: vs CE']:+.2f}) from scratch.")
         # a direction is only worth counting where it holds: on how many of the thesis's backbones, and whether the
-        # from-scratch difference lies beyond chance (the same test and family as the book's table against CE)
+        # from-scratch difference is significant (the same test and family as the book's table against CE)
         th_way = {method_label(loss): _backbones_that_way(th.loc[loss] - th_ce) for loss in th.index} if th_ce is not None else {}
-        real = _beyond_chance(runs, key, data, scale)
+        real = _significant_vs_ce(runs, key, data, scale)
         other = [f"{i} ({r['pretrained: vs CE']:+.2f} pretrained, {th_way[i]}; {r['from scratch: vs CE']:+.2f} from "
                  f"scratch{_chance_word(real.get(i))})" for i, r in both.iterrows() if i not in agree]
         if other:  # the protocol findings: a loss that helps (or hurts) in one protocol only

@@ -38,6 +38,7 @@ def differs_in(ours_differ: str, paper_recipe: str) -> str:
     """Table 5.3's one column: our runs' own differences, then another paper's recipe ('' when like-with-like)."""
     return "; ".join(x for x in (ours_differ, f"{PAPER_RECIPE}{paper_recipe}" if paper_recipe else "") if x)
 
+
 INVESTIGATE_POINTS = 1.5  # a mean this far from a same-recipe published number is a finding (issue: honest numbers)
 
 
