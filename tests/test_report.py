@@ -520,3 +520,32 @@ def test_the_thesis_losses_say_how_far_each_direction_holds(tmp_path):
     assert ("From scratch, the difference from CE is significant (paired over seeds, with one seed over the test "
             "images; Benjamini-Hochberg adjusted p < 0.05, as in the table against CE above) for SEQL; not for LDAM.") \
         in sentences
+
+
+def test_the_thesis_losses_read_the_comparison_the_book_already_has(tmp_path, monkeypatch):
+    """The book computes the comparison with CE once (its table against CE) and hands it to thesis_vs_scratch: the
+    column and the significance said there are that table's numbers, and no second test runs; without it the same
+    numbers are computed; a one-seed loss the comparison could not test (no saved predictions) keeps its difference."""
+    import pandas as pd
+
+    from ltkit.report import prose
+    from ltkit.report.prose import thesis_vs_scratch
+
+    thesis = report.published("thesis_tables_4_1-4_8.csv")
+    runs = pd.DataFrame({"data": "cifar100_exp100", "model": "resnet32", "method": ["ce", "ce", "ce", "seql", "seql", "seql", "bs"],
+                         "seed": [0, 1, 2, 0, 1, 2, 0], "balanced.top1": [0.38, 0.39, 0.40, 0.395, 0.41, 0.415, 0.43]})
+    cmp = report.compare_to_baseline(runs, "balanced.top1", ["data", "model"])
+    t0, s0 = thesis_vs_scratch(thesis, runs)
+    t1, s1 = thesis_vs_scratch(thesis, runs, vs_ce=cmp)
+    pd.testing.assert_frame_equal(t0, t1)
+    assert s0 == s1
+    assert t1.loc["SEQL", "from scratch: vs CE"] == pytest.approx(round(float(cmp.set_index("method").loc["seql", "diff"]), 2))
+    assert t1.loc["BS", "from scratch: vs CE"] == pytest.approx(5.0)  # one seed, no predictions: no row in cmp
+    # handed in, the comparison is read, not recomputed
+    monkeypatch.setattr(prose, "compare_to_baseline", lambda *a, **k: pytest.fail("compared with CE twice"))
+    doctored = cmp.assign(diff=cmp["diff"] + 10.0, significant=~cmp["significant"])
+    t2, s2 = thesis_vs_scratch(thesis, runs, vs_ce=doctored)
+    assert t2.loc["SEQL", "from scratch: vs CE"] == pytest.approx(t1.loc["SEQL", "from scratch: vs CE"] + 10.0)
+    other = next(x for x in s2 if x.startswith("The other way"))
+    said = "significant" if bool(doctored.set_index("method").loc["seql", "significant"]) else "not significant"
+    assert f"{t2.loc['SEQL', 'from scratch: vs CE']:+.2f} from scratch, {said})" in other

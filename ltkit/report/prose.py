@@ -117,10 +117,9 @@ THESIS_PROTOCOL_DIFFERENCES = (
 
 
 def _paired_vs_ce(runs: pd.DataFrame, method: str, key: str, scale: float) -> float:
-    """``method`` minus CE on the seeds both have (mean of the per-seed differences): a loss with seed 0 only is
-    held against CE's seed 0, not against CE's mean over three seeds, whose spread is a point or more here."""
-    if method == "ce":
-        return 0.0
+    """``method`` minus CE on the seeds both have (mean of the per-seed differences), for a loss the comparison
+    against CE has no row for: one seed and no saved predictions, so no interval and no test (every committed run
+    has its predictions; this keeps a run folder without them from reading 'not trained')."""
     per_seed = runs[runs["method"].isin([method, "ce"])].pivot_table(index="seed", columns="method", values=key)
     if method not in per_seed or "ce" not in per_seed:
         return np.nan
@@ -128,16 +127,13 @@ def _paired_vs_ce(runs: pd.DataFrame, method: str, key: str, scale: float) -> fl
     return round(float((both[method] - both["ce"]).mean() * scale), 2) if len(both) else np.nan
 
 
-def _significant_vs_ce(runs: pd.DataFrame, key: str, data: str, scale: float) -> dict[str, bool]:
-    """Per loss label: whether its from-scratch difference from CE on ``data`` is significant, computed over every
-    run given (the family the book's table against CE adjusts over); a loss that could not be tested is absent."""
+def _against_ce(runs: pd.DataFrame, key: str, data: str, scale: float) -> pd.DataFrame:
+    """The from-scratch comparison with CE on ``data``, computed over every run given (the family the book's table
+    against CE adjusts over), one row per method that could be tested."""
     if not len(runs) or key not in runs:
-        return {}
+        return pd.DataFrame()
     cmp = compare_to_baseline(runs, key, ["data", "model"] if "model" in runs else ["data"], scale=scale)
-    if not len(cmp):
-        return {}
-    cmp = cmp[cmp["data"] == data]
-    return {method_label(m): bool(s) for m, s in zip(cmp["method"], cmp["significant"], strict=True)}
+    return cmp[cmp["data"] == data] if len(cmp) else cmp
 
 
 def _backbones_that_way(diff: pd.Series) -> str:
@@ -151,16 +147,26 @@ def _chance_word(significant: bool | None) -> str:
 
 
 def thesis_vs_scratch(thesis: pd.DataFrame, runs: pd.DataFrame, key: str = HEADLINE, data: str = "cifar100_exp100",
-                      scale: float = 100.0) -> tuple[pd.DataFrame, list[str]]:
+                      scale: float = 100.0, vs_ce: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[str]]:
     """The thesis's seven losses two ways: its pretrained backbones trained on long-tailed data (its Tables 4.2, 4.4,
     4.6, 4.8; balanced test set, one seed) beside the from-scratch protocol's ResNet-32 (our runs on ``data``, mean
     over seeds), each as top-1 and as the difference from CE of the same protocol (from scratch: paired with CE on
     the seeds both have). Returns (table, sentences); a
-    loss with no from-scratch run yet reads 'not trained yet'."""
+    loss with no from-scratch run yet reads 'not trained yet'.
+
+    ``vs_ce`` is :func:`compare_to_baseline` of ``runs`` on ``key`` (scaled like ``scale``), as the book's table
+    against CE already holds it: the column "from scratch: vs CE" and the significance said here are then that
+    table's numbers, not a second computation (one-seed pairs bootstrap their predictions). Computed when absent."""
     from .names import THESIS_LOSS_ORDER
 
     th = thesis[thesis["train_set"] == "long_tailed"].pivot(index="loss", columns="model", values="balanced") * scale
     ours = runs[runs["data"] == data] if len(runs) and "data" in runs else runs.iloc[0:0]
+    if vs_ce is None:
+        vs_ce = _against_ce(runs, key, data, scale)
+    elif len(vs_ce):
+        vs_ce = vs_ce[vs_ce["data"] == data]
+    diff = dict(zip(vs_ce["method"], vs_ce["diff"], strict=True)) if len(vs_ce) else {}
+    real = {method_label(m): bool(x) for m, x in zip(vs_ce["method"], vs_ce["significant"], strict=True)} if len(vs_ce) else {}
     s = seed_summary(ours, ["method"], key, scale).set_index("method") if len(ours) else pd.DataFrame()
     th_ce = th.loc["ce"] if "ce" in th.index else None
     rows = []
@@ -173,7 +179,8 @@ def thesis_vs_scratch(thesis: pd.DataFrame, runs: pd.DataFrame, key: str = HEADL
         if loss in s.index:
             r = s.loc[loss]
             row["from scratch: ResNet-32"] = f"{r['mean']:.2f}" + (f" ± {r['std']:.2f}" if r["n"] > 1 else "") + f" ({int(r['n'])})"
-            row["from scratch: vs CE"] = _paired_vs_ce(ours, loss, key, scale)
+            row["from scratch: vs CE"] = (0.0 if loss == "ce" else round(float(diff[loss]), 2) if loss in diff
+                                          else _paired_vs_ce(ours, loss, key, scale))
         else:
             row["from scratch: ResNet-32"] = "not trained yet"
             row["from scratch: vs CE"] = np.nan
@@ -193,7 +200,6 @@ def thesis_vs_scratch(thesis: pd.DataFrame, runs: pd.DataFrame, key: str = HEADL
         # a direction is only worth counting where it holds: on how many of the thesis's backbones, and whether the
         # from-scratch difference is significant (the same test and family as the book's table against CE)
         th_way = {method_label(loss): _backbones_that_way(th.loc[loss] - th_ce) for loss in th.index} if th_ce is not None else {}
-        real = _significant_vs_ce(runs, key, data, scale)
         other = [f"{i} ({r['pretrained: vs CE']:+.2f} pretrained, {th_way[i]}; {r['from scratch: vs CE']:+.2f} from "
                  f"scratch{_chance_word(real.get(i))})" for i, r in both.iterrows() if i not in agree]
         if other:  # the protocol findings: a loss that helps (or hurts) in one protocol only
