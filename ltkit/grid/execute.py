@@ -168,9 +168,9 @@ def _execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, 
             if _wait_for_training(ckpt / TRAIN_LOCK, TRAIN_LOCK_WAIT):
                 _log.info(f"skip {cfg.run_path()}: another process is still training it (pid in {ckpt / TRAIN_LOCK})")
                 return Outcome.BUSY
-            if campaign_training(grid, cfg):
-                _log.info(f"skip {cfg.run_path()}: the campaign is training it (its checkpoints in "
-                          f"{grid.campaign_ckpt_dir(cfg)}); `ltkit campaign status` shows it")
+            if theirs := campaign_training(grid, cfg):
+                _log.info(f"skip {cfg.run_path()}: the campaign is training it (its checkpoints in {theirs}); "
+                          "`ltkit campaign status` shows it")
                 return Outcome.BUSY
             if not force and run_status(run_dir, cfg.fingerprint()) == Status.DONE:
                 _log.info(f"skip {cfg.run_path()}: finished by another process meanwhile")

@@ -173,17 +173,18 @@ def forced_note(grid: Grid, cfg: RunConfig) -> str:
 def _locked(grid: Grid, cfg: RunConfig) -> bool:
     """A runner holds the run (``.lock``) or a process is training it (``.train.lock``, held by the
     training process itself, so it outlives a killed runner), here or in the campaign's checkpoints. Read-only."""
-    return _locked_in(grid.ckpt_dir(cfg)) or campaign_training(grid, cfg)
+    return _locked_in(grid.ckpt_dir(cfg)) or campaign_training(grid, cfg) is not None
 
 
 def _locked_in(ckpt: Path) -> bool:
     return is_locked(ckpt / RUNNER_LOCK) or is_locked(ckpt / TRAIN_LOCK)
 
 
-def campaign_training(grid: Grid, cfg: RunConfig) -> bool:
-    """The campaign (its checkpoints in the per-user cache, not this grid's root) holds or trains this run."""
+def campaign_training(grid: Grid, cfg: RunConfig) -> Path | None:
+    """Where the campaign (its checkpoints in the per-user cache, not this grid's root) holds or trains this run,
+    None if it does not: a skip message can name the folder without deriving it again."""
     other = grid.campaign_ckpt_dir(cfg)
-    return other is not None and _locked_in(other)
+    return other if other is not None and _locked_in(other) else None
 
 
 def pending_runs(grid: Grid, force: bool = False, dedupe: bool = True) -> tuple[list[RunConfig], dict[str, list[str]]]:
