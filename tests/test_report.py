@@ -87,6 +87,13 @@ def test_learning_curves_come_from_the_runs_histories_and_mark_best_and_last_epo
     assert {(21.0, 40.0), (20.0, 39.0), (21.0, 45.0)} <= points  # best epochs: ce 0, ce 1, bs
     assert {(22.0, 38.0), (22.0, 44.0)} <= points  # last epochs (ce's two coincide)
     assert report.curves(pd.DataFrame(runs[3:])).empty
+    # a stage two that tracked its few epochs on test (10 after the stage one's 200) is not a curve beside them
+    las = tmp_path / "las_mixup" / "seed0"
+    las.mkdir(parents=True)
+    pd.DataFrame({"epoch": range(3), "test_top1": [0.44, 0.45, 0.46]}).to_csv(las / "history.csv", index=False)
+    row = {"data": "d", "method": "las_mixup", "seed": 0, "path": str(las)}
+    assert report.curves(pd.DataFrame([{**row, "procedure": "las"}])).empty
+    assert len(report.curves(pd.DataFrame([{**row, "procedure": "train"}]))) == 3
     two = tmp_path / "two_expert" / "seed0"  # one row per expert and epoch: not one curve, left to its own page
     two.mkdir(parents=True)
     pd.DataFrame({"epoch": [0, 0], "expert": ["head", "tail"], "test_top1": [0.3, 0.2]}).to_csv(two / "history.csv")
@@ -254,7 +261,7 @@ def test_one_seed_against_published_is_judged_by_its_own_interval_never_a_seed_s
                "(one seed)." in x for x in text)
     tn = t.loc[("tau_norm", "la_recipe")]
     assert tn["stage_two"] and tn["ours_best_on_test"] == pytest.approx(42.05) and tn["diff"] == pytest.approx(0.81)
-    assert any(x.startswith("**τ-norm**") and "ours 42.05 (a stage-two run: one number, no epochs to pick from) vs "
+    assert any(x.startswith("**τ-norm**") and "ours 42.05 (a stage-two run: one number, no epochs on test to pick from) vs "
                "41.24" in x and "+0.81 points, within" in x for x in text)
     assert not any("nan" in x for x in text)
     assert tn["differs_in"].startswith("the paper's recipe: Menon et al. train longer")  # not 'like-with-like'
@@ -549,3 +556,23 @@ def test_the_thesis_losses_read_the_comparison_the_book_already_has(tmp_path, mo
     other = next(x for x in s2 if x.startswith("The other way"))
     said = "significant" if bool(doctored.set_index("method").loc["seql", "significant"]) else "not significant"
     assert f"{t2.loc['SEQL', 'from scratch: vs CE']:+.2f} from scratch, {said})" in other
+
+
+def test_a_stage_two_that_tracked_its_epochs_counts_as_mislas_does_once_every_seed_has():
+    """MiSLAS's 47.00 is the best of its stage-two epochs on test: a las_mixup whose every seed tracked its epochs is
+    held against it that way (the sentence says so, with the last epoch beside); while one seed lacks the tracking
+    (committed before it), the mean would mix two ways of counting, so its one number stands, as before."""
+    pub = report.published("cifar_lt_resnet32_published.csv")
+    rows = [{"data": "cifar100_exp100", "method": "las_mixup", "procedure": "las", "seed": s, "balanced.top1": last,
+             "balanced.top1_best_epoch_on_test": best}
+            for s, (last, best) in enumerate([(0.455, 0.462), (0.450, 0.458), (0.460, 0.466)])]
+    las = report.against_published(pd.DataFrame(rows), pub).set_index("method").loc["las_mixup"]
+    assert las["epochs_on_test"] and las["ours_best_on_test"] == pytest.approx(46.2) and las["diff"] == pytest.approx(-0.8)
+    assert las["ours_last"] == pytest.approx(45.5)
+    (sentence,) = [x for x in report.published_sentences(pd.DataFrame([las.rename(None)]).assign(method="las_mixup"))]
+    assert "ours 46.20 ± 0.40 (best of its stage-two epochs on test; last epoch 45.50) vs 47.00" in sentence
+    rows[0]["balanced.top1_best_epoch_on_test"] = float("nan")
+    mixed = report.against_published(pd.DataFrame(rows), pub).set_index("method").loc["las_mixup"]
+    assert not mixed["epochs_on_test"] and mixed["ours_best_on_test"] == pytest.approx(45.5)
+    (sentence,) = report.published_sentences(pd.DataFrame([mixed.rename(None)]).assign(method="las_mixup"))
+    assert "(a stage-two run: one number, no epochs on test to pick from)" in sentence

@@ -398,3 +398,24 @@ def test_mixup_trains_differently_and_repeats_itself_exactly(tiny_cfg, tmp_path)
     assert resumed.history["launch"].tolist() == [1, 2]
     assert np.array_equal(resumed.predictions["balanced"], full.predictions["balanced"])
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("procedure", ["crt", "lws", "las"])
+def test_a_stage_two_tracks_the_test_set_per_epoch_without_changing_what_it_trains(tiny_cfg, tmp_path, procedure):
+    """MiSLAS's 47.00 is the best of its stage-two epochs on the test set: a trained stage two records each epoch's
+    test top-1 (cao2019 tracks the test set) and the labelled best-epoch-on-test number, while the head it trains,
+    and so every reported number, is the same as without the tracking; the last epoch's entry is the run's top-1."""
+    from ltkit.metrics import BEST_EPOCH_ON_TEST, HEADLINE
+
+    cfg, _, _ = _stage_one(tiny_cfg, tmp_path)
+    stage2 = {**cfg, "procedure": procedure, "stage1": "ce", "stage2_epochs": 3}
+    r = run(stage2, ckpt_dir=tmp_path / procedure / "seed0", progress=False, keep_model=True)
+    blind = run({**stage2, "track_test": False}, ckpt_dir=tmp_path / procedure / "seed0", progress=False, keep_model=True)
+    assert "test_top1" not in blind.history and BEST_EPOCH_ON_TEST not in blind.metrics
+    s, b = r.model.state_dict(), blind.model.state_dict()
+    assert s.keys() == b.keys() and all(torch.equal(s[k], b[k]) for k in s)
+    assert all(np.array_equal(r.predictions[k], blind.predictions[k]) for k in r.predictions)
+    assert r.history["test_top1"].notna().sum() == 3
+    assert r.history["test_top1"].iloc[-1] == pytest.approx(r.metrics[HEADLINE], abs=1e-6)  # top1 is float32
+    assert r.metrics[BEST_EPOCH_ON_TEST] == r.history["test_top1"].max()
+    assert r.metrics["best_epoch_on_test"] == int(r.history["test_top1"].idxmax())

@@ -13,6 +13,7 @@ from ..core.io import read_json_or_empty
 from ..core.layout import ALIAS, METRICS, PROVENANCE, default_results_root, parse_run_dir
 from ..runs.records import SPEND
 from ..runs.status import Status, load_metrics, resolve_alias, run_status
+from ..training.procedures import PROCEDURES
 
 
 def _run_dirs(root: Path):
@@ -83,10 +84,14 @@ def curves(df: pd.DataFrame, column: str = "test_top1", by: tuple[str, ...] = ("
            scale: float = 100.0) -> pd.DataFrame:
     """Each run's per-epoch ``column`` from its ``history.csv`` in long form: ``by`` columns, ``epoch``, ``value``
     (x ``scale``), only the epochs that measured it. The test-set column is what the labelled "best epoch on
-    test" is read from (tracked, never used to select); runs without epochs (a stage-two run) add nothing, nor
-    does a two-expert run (one row per expert and epoch: its curves are on its own page)."""
+    test" is read from (tracked, never used to select); a stage-two run adds nothing (its few epochs re-train a
+    classifier after the stage one's 200: its curve is on its own page, as is a two-expert run's, one row per expert
+    and epoch)."""
     parts = []
     for _, row in df.iterrows():
+        proc = row.get("procedure")
+        if isinstance(proc, str) and proc in PROCEDURES and PROCEDURES.info(proc).stage == 2:
+            continue
         try:
             h = pd.read_csv(resolve_alias(row["path"]) / "history.csv")
         except (OSError, pd.errors.EmptyDataError):
