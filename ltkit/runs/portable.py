@@ -301,9 +301,22 @@ def recorded_header(run_path: str) -> str:
 
 
 def recorded_notebook(nb: dict[str, Any], run_path: str | None) -> dict[str, Any]:
-    """``nb`` with its first (Markdown) cell's text after the title replaced by :func:`recorded_header`."""
+    """``nb`` with its first (Markdown) cell's text after the title replaced by :func:`recorded_header`, and
+    ``output_dir`` (the injected parameter and papermill's record of it) set to ``run_path``: a recorded notebook
+    names the run it records. A forced re-run executes into a staging folder under the checkpoints and moves its
+    files in afterwards; named there, the committed notebook found no finished run and, executed as it is,
+    trained (or, without the data, failed) instead of showing the record."""
     if not run_path:
         return nb
+    pm = nb.get("metadata", {}).get("papermill")
+    if isinstance(pm, dict) and isinstance(pm.get("parameters"), dict) and "output_dir" in pm["parameters"]:
+        pm["parameters"]["output_dir"] = run_path
+    for cell in nb.get("cells", []):
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            if re.search(r"^output_dir = ", src, re.M):
+                new = _set_injected(src, {**_injected_values(src), "output_dir": run_path})
+                cell["source"] = _lines(new) if isinstance(cell["source"], list) else new
     first = next((c for c in nb.get("cells", []) if c.get("cell_type") == "markdown"), None)
     if first is None:
         return nb
