@@ -38,7 +38,14 @@ from .training.pipeline import run
 
 def run_config(params: dict[str, Any], smoke: bool = False, extra: dict[str, Any] | None = None) -> RunConfig:
     """The notebook's parameters (its namespace: the config fields among them are taken) plus ``extra``
-    (any other RunConfig field) as a validated RunConfig; ``smoke`` = 1 epoch of 2 steps."""
+    (any other RunConfig field) as a validated RunConfig; ``smoke`` = 1 epoch of 2 steps.
+
+    Reproducing (``reproduce`` and ``output_dir`` among the parameters): the recorded run's configuration, what the
+    reproduction trains, whatever the other parameters say. ``papermill run.ipynb out.ipynb -p reproduce True -p
+    output_dir <run>`` replaces the executed notebook's injected cell, so the template's defaults stood there and
+    the notebook showed them as its configuration while the recorded one trained."""
+    if params.get("reproduce") and params.get("output_dir"):
+        return reproducing.plan(resolve(params["output_dir"]), smoke=smoke).cfg
     cfg = {k: params[k] for k in config_parameter_names() if k in params}
     cfg.update(extra or {})
     if smoke:
@@ -135,9 +142,10 @@ def open_run(cfg: RunConfig, output_dir: str | Path | None, checkpoint_dir: str 
     if reproduce:
         if out is None:
             raise ConfigError("reproduce = True needs output_dir: the finished run to reproduce (e.g. "
-                              "results/cao2019/cifar100_exp100/resnet32/ce/seed0)")
+                              "results/cao2019/cifar100_exp100/resnet32/ce/seed0); papermill's -p replaces an executed "
+                              "notebook's parameters, so pass -p output_dir <run> too, or run `ltkit reproduce <run>`")
         rep = reproducing.plan(out, smoke=smoke)
-        return NotebookRun(cfg, REPRODUCE, out, ckpt, f"Reproducing the recorded run {shown} into the scratch folder "
+        return NotebookRun(rep.cfg, REPRODUCE, out, ckpt, f"Reproducing the recorded run {shown} into the scratch folder "
                            f"{rep.output_dir} (nothing under results/ is written); the comparison follows training.",
                            reproduction=rep)
     if out is not None and run_status(out, cfg.fingerprint()) == Status.DONE:

@@ -206,6 +206,22 @@ def test_a_demo_run_shows_from_another_folder_and_reproduces_into_scratch_only(c
     assert "Reproducing the recorded run" in text and "INSIDE the spread" in text and "reproduction" in text
     assert _snapshot(copy / "results") == before
 
+    # the same through papermill: its -p replaces the recorded parameters cell, so the template's defaults (another
+    # imbalance factor, other data) stood there; the notebook shows and trains the recorded configuration all the same
+    def papermill(*params: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "papermill", str(run / EXECUTED_NOTEBOOK), str(tmp_path / "pm.ipynb"),
+                               "-k", "python3", *params], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+    p = papermill("-p", "reproduce", "True", "-p", "output_dir", str(run.relative_to(copy)))
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = nbformat.read(str(tmp_path / "pm.ipynb"), as_version=4)
+    shown = next(c for c in out.cells if c.source.startswith("pd.Series(cfg.to_dict()"))
+    table = {line.split()[0]: line.split()[-1] for line in shown.outputs[0]["data"]["text/plain"].splitlines()[1:]}
+    assert float(table["imb_factor"]) == json.loads((run / PROVENANCE).read_text())["parameters"]["imb_factor"] == 5
+    assert "INSIDE the spread" in _text(out) and _snapshot(copy / "results") == before
+    p = papermill("-p", "reproduce", "True")  # no output_dir: the error says what papermill did and what to pass
+    assert p.returncode != 0 and "-p output_dir <run>" in p.stderr + (tmp_path / "pm.ipynb").read_text()
+
     # its stage two reproduces from the reproduced stage one
     p = _cli(copy, env, "reproduce", (run.parent.parent / "la_posthoc" / "seed0").relative_to(copy))
     assert p.returncode == 0, p.stdout + p.stderr
