@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -9,6 +11,7 @@ os.environ.setdefault("LTKIT_OFFLINE", "1")
 # of their own, never the one a real campaign on this machine resumes from; torch's hub cache stays where it was.
 os.environ.setdefault("TORCH_HOME", os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch"))
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ltkit-test-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)  # one per session, not one left per run
 os.environ.pop("LTKIT_CHECKPOINTS", None)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
