@@ -249,3 +249,15 @@ def test_the_card_of_a_committed_cpu_run_says_where_it_ran():
     made_on = dict(card["made on"])
     assert made_on["threads / GPUs"] == "1 thread" and made_on["device"] == "cpu (x86_64, 2 cores)"
     assert ("precision", "bf16 (paper: fp32)") in card["versus the paper's recipe"]
+
+
+def test_a_stage_two_card_says_its_own_epochs_beside_its_stage_ones():
+    """las_mixup's selected epoch 9 is the last of its 10 stage-two epochs, not of the 200 its stage one trained."""
+    from ltkit.report.cards import run_card
+
+    root = REPO / "results" / "cao2019" / "cifar100_exp100" / "resnet32"
+    recipe = dict(run_card(root / "las_mixup" / "seed0")["recipe"])
+    assert recipe["epochs"] == 200 and recipe["stage-two epochs"] == 10
+    numbers = dict(run_card(root / "las_mixup" / "seed0")["numbers"])
+    assert "balanced top-1, selected epoch 9" in numbers
+    assert "stage-two epochs" not in dict(run_card(root / "ce" / "seed0")["recipe"])

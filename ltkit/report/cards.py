@@ -90,7 +90,10 @@ def run_card(run_dir: str | Path) -> dict[str, list[tuple[str, Any]]]:
                        + (f" from {p.get('stage1')}" if p.get("stage1") else "")),
                       ("optimiser", f"{p.get('optimizer')}, lr {p.get('lr')}, momentum {p.get('momentum')}"),
                       ("weight decay", p.get("weight_decay")), ("schedule", schedule), ("batch", p.get("batch_size")),
-                      ("epochs", p.get("epochs")), ("sampler", p.get("sampler")),
+                      ("epochs", p.get("epochs")),
+                      # a stage two's own epochs (its selected epoch counts these): the epochs above are its stage one's
+                      ("stage-two epochs", p.get("stage2_epochs") if p.get("stage1") else None),
+                      ("sampler", p.get("sampler")),
                       ("precision", p.get("precision", "fp32 (before the setting existed)")),
                       ("normalisation", (ds.get("normalization") or {}).get("kind", p.get("normalization"))),
                       ("selection", p.get("select"))]
