@@ -88,14 +88,14 @@ def crt(ctx: Context, ckpt_dir: Path | None, progress: bool = True, lr: float = 
         augment: bool | None = None) -> Fitted:
     """Classifier re-training: a fresh classifier on the frozen stage-one backbone, class-balanced sampling."""
     from ..models import get_classifier, set_classifier
-    from .stage_two import feature_source, fitted, load_stage1, test_tracker, train_head
+    from .stage_two import feature_source, fitted, load_stage1, tracked_test_top1, train_head
 
     model = load_stage1(ctx, ckpt_dir)
     features, how = feature_source(ctx, model, augment)
     old = get_classifier(model, ctx.cfg.model)
     new = type(old)(old.in_features, old.out_features).to(ctx.device)  # Linear or NormedLinear, fresh
     rows = train_head(ctx, features, new, new.parameters(), ctx.cfg.stage2_epochs, lr,
-                      track=test_tracker(ctx, model, new))
+                      track=tracked_test_top1(ctx, model, new))
     set_classifier(model, ctx.cfg.model, new)
     return fitted(model.eval(), rows, features=how)
 
@@ -131,7 +131,7 @@ def lws(ctx: Context, ckpt_dir: Path | None, progress: bool = True, lr: float = 
     from torch import nn
 
     from ..models import get_classifier, set_classifier
-    from .stage_two import Scaled, feature_source, fitted, load_stage1, test_tracker, train_head
+    from .stage_two import Scaled, feature_source, fitted, load_stage1, tracked_test_top1, train_head
 
     model = load_stage1(ctx, ckpt_dir)
     features, how = feature_source(ctx, model, augment)
@@ -140,7 +140,7 @@ def lws(ctx: Context, ckpt_dir: Path | None, progress: bool = True, lr: float = 
         p.requires_grad_(False)
     scale = nn.Parameter(torch.ones(ctx.ds.num_classes, device=ctx.device))
     head = Scaled(clf, scale)  # trained on the backbone's features, then put in the model as its classifier
-    rows = train_head(ctx, features, head, [scale], ctx.cfg.stage2_epochs, lr, track=test_tracker(ctx, model, head))
+    rows = train_head(ctx, features, head, [scale], ctx.cfg.stage2_epochs, lr, track=tracked_test_top1(ctx, model, head))
     set_classifier(model, ctx.cfg.model, head)
     return fitted(model.eval(), rows, scales=scale.detach().cpu().numpy().round(4).tolist(), features=how)
 
@@ -160,7 +160,16 @@ def las(ctx: Context, ckpt_dir: Path | None, progress: bool = True, lr: float = 
     from torch import nn
 
     from ..models import get_classifier, set_classifier
-    from .stage_two import Scaled, feature_source, fitted, label_aware_epsilon, label_aware_smoothing, load_stage1, test_tracker, train_head
+    from .stage_two import (
+        Scaled,
+        feature_source,
+        fitted,
+        label_aware_epsilon,
+        label_aware_smoothing,
+        load_stage1,
+        tracked_test_top1,
+        train_head,
+    )
 
     for name, value in (("smooth_head", smooth_head), ("smooth_tail", smooth_tail)):
         if not 0.0 <= value < 1.0:
@@ -175,7 +184,7 @@ def las(ctx: Context, ckpt_dir: Path | None, progress: bool = True, lr: float = 
     groups = [{"params": list(clf.parameters()), "lr": classifier_lr_factor * lr}, {"params": [scale], "lr": lr}]
     rows = train_head(ctx, features, head, groups, ctx.cfg.stage2_epochs, lr,
                       loss_fn=lambda z, y: label_aware_smoothing(z, y, eps), weight_decay=weight_decay,
-                      track=test_tracker(ctx, model, head))
+                      track=tracked_test_top1(ctx, model, head))
     set_classifier(model, ctx.cfg.model, head)
     return fitted(model.eval(), rows, scales=scale.detach().cpu().numpy().round(4).tolist(), features=how,
                   smoothing={"head": smooth_head, "tail": smooth_tail, "shape": "concave" if concave else "linear"})

@@ -158,7 +158,7 @@ def label_aware_smoothing(logits: torch.Tensor, labels: torch.Tensor, eps: torch
     return ((1 - e) * nll - e * logp.mean(1)).mean()
 
 
-def test_tracker(ctx, model: nn.Module, head: nn.Module):
+def tracked_test_top1(ctx, model: nn.Module, head: nn.Module):
     """Top-1 on the balanced test set of ``model`` with ``head`` in its classifier's place, for each stage-two epoch
     when the protocol tracks the test set (cao2019): the labelled comparison number, never a selection. MiSLAS's
     published 47.00 (Zhong et al. 2021) is the best of its stage-two epochs on the test set; ours is the last
@@ -184,7 +184,7 @@ def train_head(ctx, features, head: nn.Module, params, epochs: int, lr: float, l
                weight_decay: float = 5e-4, track=None) -> list[dict[str, Any]]:
     """SGD on the classifier alone, class-balanced sampling, cosine schedule (Kang et al. 2020, section 4);
     ``params``: parameters, or parameter groups each with its own ``lr``; ``loss_fn(logits, labels)``:
-    cross-entropy unless given; ``track``: :func:`test_tracker`'s function, read after each epoch into the row's
+    cross-entropy unless given; ``track``: :func:`tracked_test_top1`'s function, read after each epoch into the row's
     ``test_top1`` (not timed: ``seconds`` stays the head's training time)."""
     loss_fn = loss_fn or F.cross_entropy
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
