@@ -13,7 +13,7 @@ from ..core.io import read_json_or_empty
 from ..core.layout import ALIAS, METRICS, PROVENANCE, default_results_root, parse_run_dir
 from ..runs.records import SPEND
 from ..runs.status import Status, load_metrics, resolve_alias, run_status
-from ..training.procedures import PROCEDURES
+from ..training.procedures import is_stage_two
 
 
 def _run_dirs(root: Path):
@@ -89,8 +89,7 @@ def curves(df: pd.DataFrame, column: str = "test_top1", by: tuple[str, ...] = ("
     and epoch)."""
     parts = []
     for _, row in df.iterrows():
-        proc = row.get("procedure")
-        if isinstance(proc, str) and proc in PROCEDURES and PROCEDURES.info(proc).stage == 2:
+        if is_stage_two(row.get("procedure")):
             continue
         try:
             h = pd.read_csv(resolve_alias(row["path"]) / "history.csv")

@@ -11,7 +11,7 @@ import pandas as pd
 from ..config.fields import data_tag
 from ..core.layout import REPO
 from ..metrics import BEST_EPOCH_ON_TEST, HEADLINE
-from ..training.procedures import PROCEDURES
+from ..training.procedures import is_stage_two
 from .names import DATASET_NAMES, method_order
 
 # our method label -> the name the published table uses for the same method
@@ -86,7 +86,7 @@ def against_published(df: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
             # a stage two without epochs (post-hoc LA, tau-norm) has one number, which stands beside a paper's (Menon
             # et al. tune tau, they pick no epoch); one that trains a head for a few epochs (cRT, LWS, MiSLAS's LAS)
             # counts as the paper does, the best of those epochs on test, once every seed of it tracked them
-            stage_two = "procedure" in g and bool(g["procedure"].map(_is_stage_two).all())
+            stage_two = "procedure" in g and bool(g["procedure"].map(is_stage_two).all())
             tracked = stage_two and best in g and bool(g[best].notna().all())
             if stage_two:
                 bot = g[best] * 100 if tracked else last
@@ -131,10 +131,6 @@ def published_summary(df: pd.DataFrame, pub: pd.DataFrame) -> pd.DataFrame:
         "source": cmp["source"].map(source_note),
         "difference": cmp["diff"].map(lambda d: f"{d:+.2f}"),
         "within our uncertainty": ~cmp["beyond_spread"]}).reset_index(drop=True)
-
-
-def _is_stage_two(procedure: object) -> bool:
-    return procedure in PROCEDURES and PROCEDURES.info(str(procedure)).stage == 2
 
 
 def _tolerance(runs: pd.DataFrame, seed_std: float) -> tuple[float, str]:

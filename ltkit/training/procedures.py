@@ -54,6 +54,12 @@ class ProcedureSpec:
 PROCEDURES: Registry[ProcedureSpec] = Registry("procedure", ProcedureSpec)
 
 
+def is_stage_two(procedure: object) -> bool:
+    """Whether ``procedure`` (a run's recorded procedure; anything else, a missing value included, is not) names a
+    stage-two procedure: one that starts from a stage-one run's checkpoint."""
+    return isinstance(procedure, str) and procedure in PROCEDURES and PROCEDURES.info(procedure).stage == 2
+
+
 @PROCEDURES.register("train", stage=1, trainings=1, label="training", paper="the recipe of the run's protocol")
 def train(ctx: Context, ckpt_dir: Path | None, progress: bool = True) -> Fitted:
     """Stage one: train the run's model with its loss; ``final.pt`` is what stage-two runs start from."""
