@@ -60,9 +60,12 @@ def published_sentences(table: pd.DataFrame) -> list[str]:
     out = []
     for _, r in table.iterrows():
         ours = f"{r['ours_best_on_test']:.2f}" + (f" ± {r['seed_std']:.2f}" if np.isfinite(r["seed_std"]) else "")
-        which = (f"best of its stage-two epochs on test; last epoch {r['ours_last']:.2f}" if r["stage_two"] and
-                 r.get("epochs_on_test", False) else "a stage-two run: one number, no epochs on test to pick from"
-                 if r["stage_two"] else f"best epoch on test; last epoch {r['ours_last']:.2f}")
+        if not r["stage_two"]:
+            which = f"best epoch on test; last epoch {r['ours_last']:.2f}"
+        elif r.get("epochs_on_test", False):
+            which = f"best of its stage-two epochs on test; last epoch {r['ours_last']:.2f}"
+        else:
+            which = "a stage-two run: one number, no epochs on test to pick from"
         head = (f"**{method_label(r['method'])}** ({r['data']}, {r['seeds']} seed{'s' if r['seeds'] != 1 else ''}): ours {ours} "
                 f"({which}) vs {r['published']:.2f} in {r['source']}")
         # a sentence says each difference once: the paper's recipe is the likely reason where the difference lies
