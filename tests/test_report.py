@@ -576,3 +576,30 @@ def test_a_stage_two_that_tracked_its_epochs_counts_as_mislas_does_once_every_se
     assert not mixed["epochs_on_test"] and mixed["ours_best_on_test"] == pytest.approx(45.5)
     (sentence,) = report.published_sentences(pd.DataFrame([mixed.rename(None)]).assign(method="las_mixup"))
     assert "(a stage-two run: one number, no epochs on test to pick from)" in sentence
+
+
+def test_a_seed_still_training_is_no_seed_in_the_tables_the_pairing_or_beside_the_papers(tmp_path):
+    """``collect`` lists a run still training (or failed) with NaN metrics; a table read from it without
+    ``finished`` must not pair it, count it or compare it: CB with seed 0 done and seed 1 in flight is a one-seed
+    method (paired with CE's seed 0 over the test images), not a two-seed one with a NaN difference, as it was."""
+    labels = np.repeat(np.arange(10), 10)
+    runs = []
+    for method, seed, right in (("ce", 0, 39), ("ce", 1, 41), ("cb", 0, 33), ("cb", 1, None)):
+        d = tmp_path / method / f"seed{seed}"
+        d.mkdir(parents=True)
+        top1 = np.nan
+        if right is not None:  # a finished run: its predictions, the first `right` images right
+            np.savez(d / "predictions.npz", pred_balanced=np.where(np.arange(100) < right, labels, (labels + 1) % 10),
+                     label_balanced=labels)
+            top1 = right / 100
+        runs.append({"protocol": "cao2019", "data": "cifar100_exp100", "model": "resnet32", "method": method,
+                     "seed": seed, "balanced.top1": top1, "balanced.top1_best_epoch_on_test": top1, "path": str(d)})
+    df = pd.DataFrame(runs)
+    table = report.mean_std_table(df, ["data", "method"], {"balanced.top1": "All"})
+    assert table.loc[("cifar100_exp100", "cb"), "seeds"] == 1 and table.loc[("cifar100_exp100", "ce"), "seeds"] == 2
+    cb = report.against_published(df, report.published("cifar_lt_resnet32_published.csv")) \
+        .set_index(["method", "recipe"]).loc[("cb", "cao2019")]
+    assert cb["seeds"] == 1 and cb["ours_last"] == pytest.approx(33.0) and cb["diff"] == pytest.approx(33.0 - 33.99)
+    cb = report.compare_to_baseline(df, "balanced.top1", ["data", "model"]).set_index("method").loc["cb"]
+    assert (cb["seeds"], cb["n_seeds"], round(cb["diff"], 2)) == ("0", 1, -6.0)
+    assert cb["how"] == "paired bootstrap over test images (1 seed)"

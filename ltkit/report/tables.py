@@ -53,7 +53,9 @@ def mean_std_table(df: pd.DataFrame, index: list[str], metrics: dict[str, str], 
     table = pd.DataFrame(out, index=idx)
     if best_within is not None:
         table = bold_best(table, pd.DataFrame(means, index=idx), best_within)
-    table["seeds"] = df.groupby(index).size().loc[table.index].values
+    # a seed is a run with a number in the table: one still training or failed (NaN throughout) is none
+    counted = df[[c for c in metrics if c in df]].notna().any(axis=1)
+    table["seeds"] = counted.groupby([df[i] for i in index]).sum().loc[table.index].values
     return table
 
 
@@ -175,11 +177,13 @@ def compare_to_baseline(df: pd.DataFrame, key: str, by: list[str], baseline: str
 
     Only the seeds both runs have are paired, so a method with one seed is held against CE's run of that
     seed, not CE's mean over three: ``seeds`` names them ('0, 1, 2'), ``baseline_mean`` / ``method_mean``
-    are the two sides' means on exactly those seeds, the numbers ``diff`` is the difference of.
+    are the two sides' means on exactly those seeds, the numbers ``diff`` is the difference of. A seed
+    without the number (a run still training or failed, as :func:`ltkit.report.collect` lists it) has
+    nothing to pair: it is left out, not counted as a seed.
     """
 
     rows = []
-    for grp, g in df.groupby(by):
+    for grp, g in df[df[key].notna()].groupby(by):
         base = g[g["method"] == baseline].set_index("seed")
         for method, gm in g.groupby("method"):
             if method == baseline or base.empty:
