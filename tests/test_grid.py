@@ -265,12 +265,12 @@ def test_force_trains_afresh_and_keeps_the_old_result_aside(tmp_path):
         # folder it records, so that executed as it is it shows that record (it named the stage, found no finished
         # run there, and trained)
         from ltkit.notebook import SHOW, open_run
-        from ltkit.runs.portable import _injected_values, relative_path
+        from ltkit.runs.portable import injected_values, relative_path
 
         nb = json.loads((run_dir / "train.ipynb").read_text())
         injected = next(c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", []))
         where = relative_path(run_dir)
-        assert _injected_values("".join(injected["source"]))["output_dir"] == where
+        assert injected_values("".join(injected["source"]))["output_dir"] == where
         assert nb["metadata"]["papermill"]["parameters"]["output_dir"] == where
         assert open_run(g.runs[0], where).mode == SHOW
     finally:

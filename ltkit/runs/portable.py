@@ -176,7 +176,7 @@ def portable_notebook(nb: dict[str, Any], root: Path | None = None, data_root: P
         tags = cell.get("metadata", {}).get("tags", [])
         if "injected-parameters" in tags:
             src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-            params = portable_parameters(_injected_values(src), root)  # the cell's own values, made portable
+            params = portable_parameters(injected_values(src), root)  # the cell's own values, made portable
             cell["source"] = _lines(_set_injected(src, params)) if isinstance(cell["source"], list) else \
                 _set_injected(src, params)
         for out in cell.get("outputs", []) or []:
@@ -200,7 +200,9 @@ def _lines(text: str) -> list[str]:
     return [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
 
 
-def _injected_values(source: str) -> dict[str, Any]:
+def injected_values(source: str) -> dict[str, Any]:
+    """The path parameters (:data:`NOTEBOOK_PATH_PARAMETERS`) papermill wrote into a notebook's
+    injected-parameters cell, ``source`` being that cell's text: what the notebook, executed as it is, will read."""
     import ast
 
     out = {}
@@ -315,7 +317,7 @@ def recorded_notebook(nb: dict[str, Any], run_path: str | None) -> dict[str, Any
         if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
             src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
             if re.search(r"^output_dir = ", src, re.M):
-                new = _set_injected(src, {**_injected_values(src), "output_dir": run_path})
+                new = _set_injected(src, {**injected_values(src), "output_dir": run_path})
                 cell["source"] = _lines(new) if isinstance(cell["source"], list) else new
     first = next((c for c in nb.get("cells", []) if c.get("cell_type") == "markdown"), None)
     if first is None:
