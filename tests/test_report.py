@@ -603,3 +603,9 @@ def test_a_seed_still_training_is_no_seed_in_the_tables_the_pairing_or_beside_th
     cb = report.compare_to_baseline(df, "balanced.top1", ["data", "model"]).set_index("method").loc["cb"]
     assert (cb["seeds"], cb["n_seeds"], round(cb["diff"], 2)) == ("0", 1, -6.0)
     assert cb["how"] == "paired bootstrap over test images (1 seed)"
+
+
+def test_a_metric_no_run_has_is_named_with_the_ones_they_have():
+    df = pd.DataFrame([{"method": "ce", "seed": 0, "balanced.top1": 0.4, "balanced.top1_ci_low": 0.39}])
+    with pytest.raises(ValueError, match=r"none of the metrics \['balanced.top5'\].*they have: balanced.top1$"):
+        report.mean_std_table(df, ["method"], {"balanced.top5": "Top-5"})

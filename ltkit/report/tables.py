@@ -33,6 +33,9 @@ def mean_std_table(df: pd.DataFrame, index: list[str], metrics: dict[str, str], 
     ``best_within`` (index levels, ``[]`` for the whole column) bolds the highest mean of each column
     within each such block (Markdown ``**``, for :func:`md_table`): the best loss per backbone, say.
     """
+    if not any(col in df for col in metrics):
+        have = sorted(c for c in df.columns if "." in c and not c.endswith(("_low", "_high", "_n")))
+        raise ValueError(f"none of the metrics {sorted(metrics)} is a column of these runs; they have: {', '.join(have)}")
     out, means = {}, {}
     for col, name in metrics.items():
         if col not in df:
