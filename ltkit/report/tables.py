@@ -18,9 +18,6 @@ SHOT = {key("balanced"): "All", key("balanced", "many"): "Many", key("balanced",
         key("balanced", "few"): "Few"}
 
 
-# --------------------------------------------------------------------------- collecting runs
-
-
 # --------------------------------------------------------------------------- tables
 
 
@@ -33,13 +30,13 @@ def mean_std_table(df: pd.DataFrame, index: list[str], metrics: dict[str, str], 
     ``best_within`` (index levels, ``[]`` for the whole column) bolds the highest mean of each column
     within each such block (Markdown ``**``, for :func:`md_table`): the best loss per backbone, say.
     """
-    if not any(col in df for col in metrics):
+    present = [col for col in metrics if col in df]
+    if not present:
         have = sorted(c for c in df.columns if "." in c and not c.endswith(("_low", "_high", "_n")))
         raise ValueError(f"none of the metrics {sorted(metrics)} is a column of these runs; they have: {', '.join(have)}")
     out, means = {}, {}
-    for col, name in metrics.items():
-        if col not in df:
-            continue
+    for col in present:
+        name = metrics[col]
         g = df.groupby(index)[col]
         m, s, n = g.mean() * scale, g.std(ddof=1) * scale, g.count()
         lo = df.groupby(index)[f"{col}_ci_low"].first() * scale if f"{col}_ci_low" in df else None
@@ -57,7 +54,7 @@ def mean_std_table(df: pd.DataFrame, index: list[str], metrics: dict[str, str], 
     if best_within is not None:
         table = bold_best(table, pd.DataFrame(means, index=idx), best_within)
     # a seed is a run with a number in the table: one still training or failed (NaN throughout) is none
-    counted = df[[c for c in metrics if c in df]].notna().any(axis=1)
+    counted = df[present].notna().any(axis=1)
     table["seeds"] = counted.groupby([df[i] for i in index]).sum().loc[table.index].values
     return table
 
