@@ -273,8 +273,12 @@ def test_reproduce_refuses_what_it_cannot_reproduce_and_writes_nothing(copy, tmp
     (unfinished / "spend.json").write_text(json.dumps({"attempts": []}))
     (unfinished / PROVENANCE).write_text(json.dumps({"status": "running"}))
     cases["unfinished"] = unfinished
+    in_flight = tmp_path / "results" / "x" / "d" / "m" / "cb" / "seed2"  # as the campaign commits one: spend.json only
+    in_flight.mkdir(parents=True)
+    (in_flight / "spend.json").write_text(json.dumps({"attempts": [{"outcome": "interrupted"}]}))
+    cases["in-flight"] = in_flight
     expect = {"not-a-run": "not a run folder", "missing": "not a folder", "failed": "failed run",
-              "unfinished": "not finished"}
+              "unfinished": "not finished", "in-flight": "not finished (only spend.json"}
     for name, path in cases.items():
         p = _cli(copy, env, "reproduce", path)
         assert p.returncode == 2 and expect[name] in p.stderr and len(p.stderr.strip().splitlines()) == 1, (name, p.stderr)
