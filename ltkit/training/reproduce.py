@@ -57,11 +57,10 @@ def recorded_config(run_dir: str | Path) -> RunConfig:
     if (run_dir / ALIAS).exists():
         target = read_json_or_empty(run_dir / ALIAS).get("alias_of", "its CE run")
         raise ReproduceError(f"{run_dir} is an alias of {target} (identical by construction): reproduce that run")
-    if (run_dir / SPEND).exists() and not (run_dir / METRICS).exists() and not (run_dir / PROVENANCE).exists():
-        # what a campaign commits for a run in flight: its attempts so far; the run trains in the checkpoints
-        raise ReproduceError(f"{run_dir} is not finished (only spend.json: it is training, or was stopped, in the "
-                             "checkpoints folder): nothing to reproduce; `ltkit grid run` (or the campaign) finishes it")
     if not (run_dir / PROVENANCE).exists() and not (run_dir / METRICS).exists():
+        if (run_dir / SPEND).exists():  # what a campaign commits for a run in flight: its attempts so far
+            raise ReproduceError(f"{run_dir} is not finished (only spend.json: it is training, or was stopped, in the "
+                                 "checkpoints folder): nothing to reproduce; `ltkit grid run` (or the campaign) finishes it")
         raise ReproduceError(f"{run_dir} is not a run folder (no provenance.json or metrics.json; a run's folder is "
                              "results/<protocol>/<data>/<model>/<method>/seed<k>)")
     prov = read_json_or_empty(run_dir / PROVENANCE)
