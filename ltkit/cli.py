@@ -88,7 +88,36 @@ def setup_logging(level: str) -> None:
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (``ltkit ... | head``): poll reports POLLERR then."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``ltkit`` command. A reader that stops early (``ltkit campaign status | head``) ends it quietly, as
+    it ends any Unix tool (exit 141, 128 + SIGPIPE, what a shell reports for one), not with a traceback; a
+    broken pipe anywhere else is a real error and is raised."""
+    import os
+
+    try:
+        rc = _dispatch(argv)
+        sys.stdout.flush()  # what is still buffered is written here, inside the handler, not at interpreter exit
+        return rc
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's own flush finds no pipe
+        return 141
+
+
+def _dispatch(argv: list[str] | None) -> int:
     from .grid.executors import EXECUTORS
 
     ap = argparse.ArgumentParser(prog="ltkit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -177,3 +177,36 @@ def test_offline_data_stops_the_cli_in_seconds(tmp_path):
 
 
 
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    """`ltkit ... | head` (the reader closes the pipe before ltkit writes) exits 141 like any Unix tool, with
+    nothing on stderr: it printed a BrokenPipeError traceback from `print` (or at exit, from the flush)."""
+    import os
+    import subprocess
+    import sys
+
+    good = write(tmp_path, spec(tmp_path, seeds=[0, 1]))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the child starts: its first write meets a broken pipe
+    try:
+        p = subprocess.run([sys.executable, "-m", "ltkit.cli", "grid", "list", str(good)], stdout=write_end,
+                           stderr=subprocess.PIPE, text=True, timeout=300, cwd=REPO,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        os.close(write_end)
+    assert p.returncode == 141 and p.stderr == "", p.stderr
+    r = cli("grid", "list", good)  # the same command into a pipe that is read: its whole output, rc 0
+    assert r.returncode == 0 and "seed" in r.stdout, r.stderr
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_still_an_error(monkeypatch):
+    """Only a closed stdout reader is quiet: a broken pipe to a child process (say) must not pass for one."""
+    from ltkit import cli as cli_module
+
+    def dispatch(argv):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli_module, "_dispatch", dispatch)
+    with pytest.raises(BrokenPipeError):
+        cli_module.main(["grid", "list", "x.yaml"])
