@@ -187,105 +187,144 @@ def _dispatch(argv: list[str] | None) -> int:
     d.add_argument("--no-test", action="store_true", help="leave the test images out of the pack")
     args = ap.parse_args(argv)
     setup_logging(args.log_level)
+    verb = VERBS.get((args.cmd, getattr(args, "action", None))) or VERBS[(args.cmd, None)]
+    return verb(args)
 
-    if args.cmd == "data" and args.action == "inspect":
-        return _inspect(args.src, args.image_size)
-    if args.cmd == "data" and args.action == "subsets":
-        from .data.bundle import write_cao2019_subsets
 
-        if not args.out:
-            print("ltkit: data subsets needs --out (a .json file)", file=sys.stderr)
-            return 2
-        for key, entry in write_cao2019_subsets(args.out)["settings"].items():
-            print(f"{key}: {entry['total']} images, sha256 {entry['sha256']}")
-        return 0
-    if args.cmd == "data":
-        from .data.bundle import pack_subset
+def _data_inspect(args: argparse.Namespace) -> int:
+    """``ltkit data inspect --src DIR``."""
+    return _inspect(args.src, args.image_size)
 
-        if not (args.src and args.out and args.protocol):
-            print("ltkit: data pack needs --src, --out and --protocol", file=sys.stderr)
-            return 2
-        subset_seeds = args.subset_seed or [0]
-        if any(x < 0 for x in subset_seeds):
-            print(f"ltkit: bad value for --subset-seed: {subset_seeds} (accepted: integers >= 0)", file=sys.stderr)
-            return 2
-        specs = [{"protocol": p, "imb_factor": args.imb_factor, **({"subset_seed": s} if p == "cao2019" else {})}
-                 for p in args.protocol for s in (subset_seeds if p == "cao2019" else [0])]
-        print(pack_subset(args.src, args.dataset, args.out, specs, test=not args.no_test))
-        return 0
 
-    if args.cmd == "campaign":
-        return _campaign(args)
-    if args.cmd == "reproduce":
-        return _reproduce(args)
-    if args.cmd == "fetch":
-        return _fetch(args)
-    if args.cmd == "results":
-        return _results(args)
+def _data_subsets(args: argparse.Namespace) -> int:
+    """``ltkit data subsets --out FILE``: Cao et al.'s CIFAR-LT (class, rank) lists with their SHA256."""
+    from .data.bundle import write_cao2019_subsets
 
+    if not args.out:
+        print("ltkit: data subsets needs --out (a .json file)", file=sys.stderr)
+        return 2
+    for key, entry in write_cao2019_subsets(args.out)["settings"].items():
+        print(f"{key}: {entry['total']} images, sha256 {entry['sha256']}")
+    return 0
+
+
+def _data_pack(args: argparse.Namespace) -> int:
+    """``ltkit data pack``: a protocol's CIFAR subset (every subset draw asked for) as one file for a GPU box."""
+    from .data.bundle import pack_subset
+
+    if not (args.src and args.out and args.protocol):
+        print("ltkit: data pack needs --src, --out and --protocol", file=sys.stderr)
+        return 2
+    subset_seeds = args.subset_seed or [0]
+    if any(x < 0 for x in subset_seeds):
+        print(f"ltkit: bad value for --subset-seed: {subset_seeds} (accepted: integers >= 0)", file=sys.stderr)
+        return 2
+    specs = [{"protocol": p, "imb_factor": args.imb_factor, **({"subset_seed": s} if p == "cao2019" else {})}
+             for p in args.protocol for s in (subset_seeds if p == "cao2019" else [0])]
+    print(pack_subset(args.src, args.dataset, args.out, specs, test=not args.no_test))
+    return 0
+
+
+def _selected_grid(args: argparse.Namespace):
+    """The grid a ``grid`` verb works on: the file with ``--set``, ``--results``, ``--pack``, then ``--only`` /
+    ``--seeds`` (each checked against what the grid holds). Raises ConfigError naming a bad value."""
     from .config import ConfigError
-    from .grid.plan import forced_note, plan, progress, spend_line
     from .grid.spec import check_pack, load_grid
+
+    overrides = _overrides(args.set)
+    if getattr(args, "tensorboard", False):
+        overrides["tensorboard"] = True
+    grid = load_grid(args.grid, overrides, args.results)
+    if args.pack is not None:
+        grid.pack = check_pack(args.pack)
+    if args.only:
+        keep = set(args.only.split(","))
+        known = sorted({r.method for r in grid.runs})
+        if not keep <= set(known):
+            raise ConfigError(f"bad value for --only: {', '.join(sorted(keep - set(known)))} "
+                              f"(accepted: {', '.join(known)})")
+        grid.runs = [r for r in grid.runs if r.method in keep]
+    if args.seeds:
+        seeds = _int_list(args.seeds, "--seeds")
+        known_seeds = sorted({r.seed for r in grid.runs})
+        if not seeds <= set(known_seeds):
+            raise ConfigError(f"bad value for --seeds: {', '.join(map(str, sorted(seeds - set(known_seeds))))} "
+                              f"(accepted: the grid's seeds {', '.join(map(str, known_seeds))})")
+        grid.runs = [r for r in grid.runs if r.seed in seeds]
+    return grid
+
+
+def _grid_verb(body):
+    """A ``grid`` verb: ``body(grid, args)`` on the selected grid; a bad grid or flag is one line, exit 2."""
+    import functools
+
+    @functools.wraps(body)
+    def verb(args: argparse.Namespace) -> int:
+        from .config import ConfigError
+
+        try:
+            grid = _selected_grid(args)
+        except ConfigError as exc:
+            print(f"ltkit: {exc}", file=sys.stderr)
+            return 2
+        return body(grid, args)
+
+    return verb
+
+
+@_grid_verb
+def _grid_list(grid, args: argparse.Namespace) -> int:
+    """``ltkit grid list``: every run of the grid and its status (an alias names the CE run it stands for)."""
+    from .grid.plan import plan
     from .runs.status import Status
 
-    try:
-        overrides = _overrides(args.set)
-        if getattr(args, "tensorboard", False):
-            overrides["tensorboard"] = True
-        grid = load_grid(args.grid, overrides, args.results)
-        if args.pack is not None:
-            grid.pack = check_pack(args.pack)
-        if args.only:
-            keep = set(args.only.split(","))
-            known = sorted({r.method for r in grid.runs})
-            if not keep <= set(known):
-                raise ConfigError(f"bad value for --only: {', '.join(sorted(keep - set(known)))} "
-                                  f"(accepted: {', '.join(known)})")
-            grid.runs = [r for r in grid.runs if r.method in keep]
-        if args.seeds:
-            seeds = _int_list(args.seeds, "--seeds")
-            known_seeds = sorted({r.seed for r in grid.runs})
-            if not seeds <= set(known_seeds):
-                raise ConfigError(f"bad value for --seeds: {', '.join(map(str, sorted(seeds - set(known_seeds))))} "
-                                  f"(accepted: the grid's seeds {', '.join(map(str, known_seeds))})")
-            grid.runs = [r for r in grid.runs if r.seed in seeds]
-    except ConfigError as exc:
-        print(f"ltkit: {exc}", file=sys.stderr)
-        return 2
-    if args.action == "list":
-        for cfg, status, target in plan(grid, not args.no_dedupe):
-            alias = f"  (= {target.run_path()})" if target is not None and status == Status.MISSING else ""
-            print(f"{status:8s} {cfg.run_path()}{alias}")
-        print(f"{len(grid.runs)} runs in {grid.name}")
-        return 0
-    if args.action == "status":
-        from .grid.submitit import executor_status
+    for cfg, status, target in plan(grid, not args.no_dedupe):
+        alias = f"  (= {target.run_path()})" if target is not None and status == Status.MISSING else ""
+        print(f"{status:8s} {cfg.run_path()}{alias}")
+    print(f"{len(grid.runs)} runs in {grid.name}")
+    return 0
 
-        rows = plan(grid, not args.no_dedupe)
-        extra = executor_status(grid)
-        counts: Counter[str] = Counter()
-        for cfg, status, target in rows:
-            st = status if status in (Status.DONE, Status.ALIAS) else extra.get(cfg.run_path(), status)
-            if st == Status.MISSING and target is not None:
-                st = "to-alias"
-            counts[st] += 1
-            detail = progress(grid, cfg) if st in (Status.RUNNING, Status.PARTIAL, Status.FAILED) else ""
-            if st in (Status.DONE, Status.STALE):
-                detail = forced_note(grid, cfg)
-            print(f"{st:9s} {cfg.run_path()}" + (f"  [{detail}]" if detail else ""))
-        print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-        print(spend_line(grid))
-        return 0
-    if args.action == "plan":
-        return _grid_plan(grid)
-    if args.action == "smoke":
-        return _grid_smoke(grid)
-    if args.action == "record":
-        from .grid.execute import record_notebooks
 
-        rec = record_notebooks(grid, jobs=args.jobs)
-        print(f"notebooks executed {len(rec['done'])}, failed {len(rec['failed'])}, busy {len(rec['busy'])}")
-        return 1 if rec["failed"] else 0
+@_grid_verb
+def _grid_status(grid, args: argparse.Namespace) -> int:
+    """``ltkit grid status``: done / running (epoch) / partial / failed / missing per run, counts, and the spend."""
+    from .grid.plan import forced_note, plan, progress, spend_line
+    from .grid.submitit import executor_status
+    from .runs.status import Status
+
+    rows = plan(grid, not args.no_dedupe)
+    extra = executor_status(grid)
+    counts: Counter[str] = Counter()
+    for cfg, status, target in rows:
+        st = status if status in (Status.DONE, Status.ALIAS) else extra.get(cfg.run_path(), status)
+        if st == Status.MISSING and target is not None:
+            st = "to-alias"
+        counts[st] += 1
+        detail = progress(grid, cfg) if st in (Status.RUNNING, Status.PARTIAL, Status.FAILED) else ""
+        if st in (Status.DONE, Status.STALE):
+            detail = forced_note(grid, cfg)
+        print(f"{st:9s} {cfg.run_path()}" + (f"  [{detail}]" if detail else ""))
+    print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    print(spend_line(grid))
+    return 0
+
+
+@_grid_verb
+def _grid_record(grid, args: argparse.Namespace) -> int:
+    """``ltkit grid record``: execute the notebooks of finished packed runs that lack one (on a CPU)."""
+    from .grid.execute import record_notebooks
+
+    rec = record_notebooks(grid, jobs=args.jobs)
+    print(f"notebooks executed {len(rec['done'])}, failed {len(rec['failed'])}, busy {len(rec['busy'])}")
+    return 1 if rec["failed"] else 0
+
+
+@_grid_verb
+def _grid_run(grid, args: argparse.Namespace) -> int:
+    """``ltkit grid run``: train what is not done (exit 0; 1: failed or stale runs; 130: interrupted, resumable)."""
+    from .config import ConfigError
+    from .grid.executors import EXECUTORS
+
     execute = EXECUTORS.get(args.executor)
     try:
         res = execute(grid, force=args.force, dedupe=not args.no_dedupe, jobs=args.jobs, threads=args.threads,
@@ -321,7 +360,8 @@ def _dispatch(argv: list[str] | None) -> int:
     return 0
 
 
-def _grid_plan(grid) -> int:
+@_grid_verb
+def _grid_plan(grid, args: argparse.Namespace) -> int:
     """``ltkit grid plan``: what is left and what it will cost (GPU-hours per backbone, disk), before any spend."""
     from .grid.cost import cost_lines, grid_cost
 
@@ -329,7 +369,8 @@ def _grid_plan(grid) -> int:
     return 0
 
 
-def _grid_smoke(grid) -> int:
+@_grid_verb
+def _grid_smoke(grid, args: argparse.Namespace) -> int:
     """``ltkit grid smoke``: every model x method for 2 steps on the real data; one line per failure (exit 1)."""
     from .grid.cost import smoke
 
@@ -535,6 +576,15 @@ def _inspect(src: str | None, image_size: int) -> int:
         for f in skipped:
             print(f"  {f}")
     return 0
+
+
+# One entry per verb: (command, action) -> its function; (command, None) for a command whose verbs one function takes.
+VERBS = {
+    ("grid", "list"): _grid_list, ("grid", "status"): _grid_status, ("grid", "run"): _grid_run,
+    ("grid", "record"): _grid_record, ("grid", "plan"): _grid_plan, ("grid", "smoke"): _grid_smoke,
+    ("data", "pack"): _data_pack, ("data", "inspect"): _data_inspect, ("data", "subsets"): _data_subsets,
+    ("campaign", None): _campaign, ("reproduce", None): _reproduce, ("fetch", None): _fetch, ("results", None): _results,
+}
 
 
 if __name__ == "__main__":
