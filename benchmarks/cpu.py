@@ -1,12 +1,12 @@
 """CPU benchmark: what a from-scratch cao2019 run costs on this CPU, and which settings make it cheapest.
 
-Expected on this project's 2-core machines (an Intel Xeon with AMX-BF16, an AMD EPYC with AVX512-BF16 and
-no AMX): bf16 autocast + channels_last about 2x the fp32 NCHW step (2.1x on both), two runs of one thread
+Expected on this project's 2-core machines (an Intel Xeon with AMX-BF16, an AMD EPYC with AVX512-BF16 and no
+AMX): bf16 autocast + channels_last about 2x the fp32 NCHW step (Xeon 1.9x, EPYC 2.1x), two runs of one thread
 each ~1.2-1.5x the images/s of one run on both cores (Xeon 1.46x; EPYC 1.16x bare, 1.20x through the whole
-loop: 0.85 against 0.66 runs per hour, 141 against 90 minutes per run), and ltkit's whole loop (device-resident uint8 data, batched crop/flip, sampler, validation)
-at >= 0.9 of the bare bf16 model step. Figures vary by tens of percent between minutes on a shared
-VM, so every setting is measured in fresh processes, in interleaved rounds (median), and reported as
-a ratio to the bare bf16 channels_last step of the same run.
+loop: 0.85 against 0.66 runs per hour, 141 against 90 minutes per run), and ltkit's whole loop (device-
+resident uint8 data, batched crop/flip, sampler, validation) at >= 0.9 of the bare bf16 model step. Figures
+vary by tens of percent between minutes on a shared VM, so every setting is measured in fresh processes, in
+interleaved rounds (median), and reported as a ratio to the bare bf16 channels_last step of the same run.
 
 Measured, each in its own process (threads fixed before torch starts):
 

@@ -97,3 +97,46 @@ def _wait(pred, seconds=180):
             return True
         time.sleep(0.2)
     return False
+
+
+@pytest.mark.slow
+def test_spend_records_the_epochs_of_each_attempt_and_a_lost_checkpoint_is_named(tmp_path):
+    """Each attempt's spend entry says from which epoch it trained and, interrupted, to which; a run whose
+    earlier attempts left no checkpoint where the grid looks (another machine's disk, a removed cache) says,
+    when it starts again from epoch 0, that their epochs are trained again (it said nothing)."""
+    import shutil
+
+    s = spec(tmp_path)
+    s["base"].update(epochs=40, source_params={"num_classes": 6, "train_per_class": 120, "test_per_class": 8})
+    path = write(tmp_path, s)
+    g = load_grid(path)
+    run, ck = g.run_dir(g.runs[0]), g.ckpt_dir(g.runs[0])
+
+    def epoch():
+        try:
+            return json.loads((ck / "progress.json").read_text())["epoch"]
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    try:
+        for _ in range(2):  # two interrupted attempts, the second resumed from the first's checkpoint
+            before = epoch()
+            a = subprocess.Popen([sys.executable, "-m", "ltkit.cli", "grid", "run", str(path)], cwd=REPO,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=prepare_child)
+            assert _wait(lambda b=before: epoch() >= b + 2), "training never got two epochs further"
+            a.send_signal(signal.SIGINT)
+            assert a.wait(timeout=60) == 130
+        first, second = json.loads((run / "spend.json").read_text())["attempts"]
+        assert first["outcome"] == second["outcome"] == "interrupted"
+        assert first["from_epoch"] == 0 and first["to_epoch"] >= 2
+        assert second["from_epoch"] == first["to_epoch"] and second["to_epoch"] >= second["from_epoch"] + 2
+        shutil.rmtree(g.ckpt_root)  # the checkpoints are gone (another machine, a removed cache)
+        r = cli("grid", "run", path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert ("starts from epoch 0: its 2 earlier interrupted attempt(s)" in r.stderr
+                and f"the furthest at epoch {second['to_epoch']}" in r.stderr), r.stderr[-2000:]
+        done = json.loads((run / "spend.json").read_text())["attempts"][-1]
+        assert done["outcome"] == "done" and done["from_epoch"] == 0 and "to_epoch" not in done
+        assert "starts from epoch 0" not in cli("grid", "run", path).stderr  # done: nothing to warn about
+    finally:
+        shutil.rmtree(g.ckpt_root, ignore_errors=True)

@@ -24,8 +24,8 @@ from ..core.registry import Registry
 from ..models import MODELS
 from ..runs.status import Status, run_status
 from .execute import execute_pack, execute_run, record_notebooks
-from .packing import _resume_epoch, pack_runs, pack_size
-from .plan import Outcome, pending_runs, phases
+from .packing import pack_runs, pack_size
+from .plan import Outcome, pending_runs, phases, resume_epoch
 from .processes import STOP, stop_on_signals, stop_running
 from .spec import Grid
 
@@ -143,7 +143,7 @@ def _run_phases(grid: Grid, todo: list[RunConfig], summary: dict[str, list[str]]
 
     size = pack_size(grid.pack)
     for phase in phases(todo):
-        items = pack_runs(phase, size, lambda c: _resume_epoch(grid, c),
+        items = pack_runs(phase, size, lambda c: resume_epoch(grid.ckpt_dir(c)),
                           alone=lambda c: force and run_status(grid.run_dir(c)) == Status.DONE)
         with ThreadPoolExecutor(max_workers=len(slots)) as pool, tqdm(total=len(phase), desc=grid.name, unit="run") as bar:
             futures = []

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 from ..config.fields import RunConfig, pack_key
-from ..core.layout import PROGRESS
 from ..training.packing import packable
-from .spec import PACK_AUTO, Grid
+from .spec import PACK_AUTO
 
 
 def pack_size(setting: int | str) -> int:
@@ -37,11 +35,3 @@ def pack_runs(todo: list[RunConfig], size: int, resume_epoch: Callable[[RunConfi
     for runs in groups.values():
         items.extend(runs[i:i + size] for i in range(0, len(runs), size))
     return items
-
-
-def _resume_epoch(grid: Grid, cfg: RunConfig) -> int:
-    """The epoch a run's checkpoint resumes from (0: none), from its progress file."""
-    try:
-        return int(json.loads((grid.ckpt_dir(cfg) / PROGRESS).read_text())["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0

@@ -127,6 +127,16 @@ def _checkpoints(ckpt: Path) -> list[tuple[str, Path]]:
     return own + [(name, folder) for _, name, folder in parts]
 
 
+def resume_epoch(ckpt: Path) -> int:
+    """The epoch a run's checkpoint folder resumes from (0: no ``last.pt`` there), from its progress file."""
+    if not (ckpt / LAST).exists():
+        return 0
+    try:
+        return int(json.loads((ckpt / PROGRESS).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def progress(grid: Grid, cfg: RunConfig) -> str:
     """'epoch 37/200 (launch 2), ~40 min left' from a run's progress file ('expert tail: epoch 3/10' for a run
     that trains several models), '' if it has none; a run the campaign is training, from the campaign's."""
