@@ -101,3 +101,31 @@ def test_the_book_and_the_grid_agree_on_what_is_done(tmp_path):
     assert {m: book_says.get(m, "missing") for m in grid_says} == grid_says
     assert sorted(finished(df)["method"]) == ["ce", "wce"]
     assert finished(df).set_index("method").loc["wce", "balanced.top1"] == 0.5  # the alias shows its CE run's number
+
+
+def test_a_damaged_spend_record_is_kept_aside_and_its_bad_entries_ignored(tmp_path):
+    """spend.json edited by hand or truncated: `grid status` still answers (it raised ValueError on a
+    non-numeric `seconds`, AttributeError on a non-object entry), the sums skip what is not an attempt, and
+    the next attempt never overwrites a file it cannot read: that file is kept aside."""
+    import json
+
+    from ltkit.runs.records import attempts, record_spend
+
+    path = write(tmp_path, spec(tmp_path))
+    g = load_grid(path)
+    run = g.run_dir(g.runs[0])
+    run.mkdir(parents=True)
+    good = {"outcome": "interrupted", "seconds": 3600.0, "threads": 1, "cores": 2, "gpus": 0, "device": "cpu"}
+    (run / "spend.json").write_text(json.dumps({"attempts": [good, 5, {"outcome": "interrupted", "seconds": "x"},
+                                                             {"outcome": "failed", "seconds": -1}]}))
+    assert attempts(run) == [good]
+    r = cli("grid", "status", path)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "0.50 device-hours spent over 1 attempt(s)" in r.stdout, r.stdout  # one thread of two cores, one hour
+    record_spend(run, {"outcome": "done", "seconds": 1.0})  # appended; the entries it cannot use stay as they were
+    assert len(json.loads((run / "spend.json").read_text())["attempts"]) == 5
+    (run / "spend.json").write_text('{"attempts": [{"outcome": "interr')  # truncated
+    record_spend(run, {"outcome": "done", "seconds": 2.0})
+    aside = list(run.glob("spend.json.unreadable-*"))
+    assert len(aside) == 1 and aside[0].read_text() == '{"attempts": [{"outcome": "interr'
+    assert json.loads((run / "spend.json").read_text()) == {"attempts": [{"outcome": "done", "seconds": 2.0}]}

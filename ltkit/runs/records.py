@@ -7,6 +7,10 @@ Every file is written atomically, ``metrics.json`` last among a run's own files;
 from __future__ import annotations
 
 import io
+import logging
+import math
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +22,8 @@ from ..core.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, r
 from ..core.layout import ALIAS, METRICS, PROVENANCE
 from .provenance import now, provenance
 from .status import load_metrics, validate_metrics
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -63,13 +69,34 @@ SPEND = "spend.json"
 
 def record_spend(out_dir: str | Path, entry: dict[str, Any]) -> None:
     """Append one attempt (finished, failed or interrupted) to the run's ``spend.json``: what it cost is
-    kept even when it produced nothing. A disk too full to write it loses only this record."""
+    kept even when it produced nothing. A file that is not such a record (truncated, edited by hand) is
+    kept aside as ``spend.json.unreadable-<time>``, not overwritten. A disk too full to write it loses
+    only this record."""
     path = Path(out_dir) / SPEND
-    attempts = read_json_or_empty(path).get("attempts", [])
     try:
+        doc = read_json(path) if path.exists() else {}
+    except (OSError, ValueError):
+        doc = None
+    attempts = doc.get("attempts", []) if isinstance(doc, dict) else None
+    try:
+        if not isinstance(attempts, list):
+            os.replace(path, path.with_name(f"{SPEND}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"))
+            _log.warning(f"{path} was not a spend record: kept aside as {SPEND}.unreadable-*, a new one started")
+            attempts = []
         atomic_write_json(path, {"attempts": [*attempts, entry]})
     except OSError:
         pass
+
+
+def _valid_attempt(entry: Any) -> bool:
+    """A spend entry the sums can use: an object whose ``seconds`` (absent: 0) is a finite number >= 0."""
+    if not isinstance(entry, dict):
+        return False
+    try:
+        seconds = float(entry.get("seconds") or 0)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(seconds) and seconds >= 0
 
 
 def record_failure(out_dir: str | Path, cfg, start: str, wall: float, error: str) -> None:
@@ -107,7 +134,12 @@ def attempts(run_dir: str | Path) -> list[dict[str, Any]]:
     recorded), plus the launches that ended before spend was recorded at all, from the epoch times of
     ``history.csv`` (a lower bound: epoch time only, no start-up or final evaluation)."""
     run_dir = Path(run_dir)
-    entries = list(read_json_or_empty(run_dir / SPEND).get("attempts") or [])
+    raw = read_json_or_empty(run_dir / SPEND).get("attempts") or []
+    raw = raw if isinstance(raw, list) else [raw]
+    entries = [e for e in raw if _valid_attempt(e)]
+    if len(entries) < len(raw):
+        _log.warning(f"{run_dir / SPEND}: {len(raw) - len(entries)} attempt entr(ies) ignored (not an object with "
+                     "seconds a number >= 0)")
     prov = read_json_or_empty(run_dir / PROVENANCE)
     end = _when(prov.get("end"))
     gpus = prov.get("gpu_count") or (1 if prov.get("cuda") else 0)
