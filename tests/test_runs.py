@@ -129,3 +129,30 @@ def test_a_damaged_spend_record_is_kept_aside_and_its_bad_entries_ignored(tmp_pa
     aside = list(run.glob("spend.json.unreadable-*"))
     assert len(aside) == 1 and aside[0].read_text() == '{"attempts": [{"outcome": "interr'
     assert json.loads((run / "spend.json").read_text()) == {"attempts": [{"outcome": "done", "seconds": 2.0}]}
+
+
+def test_a_lost_checkpoint_is_named_only_when_no_checkpoint_of_the_run_is_left(tmp_path):
+    """The warning at a start from epoch 0 needs earlier interrupted attempts and no last.pt at all: a run
+    that trains several models keeps its parts' checkpoints in sub-folders (two_expert: head/, tail/), and
+    resuming one of them is not a lost checkpoint."""
+    import json
+
+    from ltkit.grid.execute import lost_checkpoint
+
+    g = load_grid(write(tmp_path, spec(tmp_path)))
+    cfg = g.runs[0]
+    run, ck = g.run_dir(cfg), g.ckpt_dir(cfg)
+    run.mkdir(parents=True)
+    assert lost_checkpoint(g, cfg) is None  # never attempted
+    (run / "spend.json").write_text(json.dumps({"attempts": [
+        {"outcome": "interrupted", "seconds": 1800.0, "from_epoch": 0, "to_epoch": 12},
+        {"outcome": "interrupted", "seconds": 1800.0, "from_epoch": 12, "to_epoch": 70}]}))
+    msg = lost_checkpoint(g, cfg)
+    assert msg and "starts from epoch 0: its 2 earlier interrupted attempt(s) (1.0 h, the furthest at epoch 70)" in msg
+    assert str(ck) in msg
+    (ck / "head").mkdir(parents=True)
+    (ck / "head" / "last.pt").write_bytes(b"x")
+    assert lost_checkpoint(g, cfg) is None  # a part's checkpoint resumes
+    (ck / "head" / "last.pt").unlink()
+    (ck / "last.pt").write_bytes(b"x")
+    assert lost_checkpoint(g, cfg) is None

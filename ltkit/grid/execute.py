@@ -49,7 +49,15 @@ from ..runs.portable import notebook_json, portable_notebook, recorded_notebook,
 from ..runs.provenance import git_commit
 from ..runs.records import attempts, record_failure, record_spend
 from ..runs.status import Status, load_metrics, mark_complete, notebook_error, read_notebook, run_status
-from .plan import FORCED_ATTEMPT, FORCED_OUTPUT, Outcome, campaign_training, forced_attempt, resume_epoch
+from .plan import (
+    FORCED_ATTEMPT,
+    FORCED_OUTPUT,
+    Outcome,
+    campaign_training,
+    forced_attempt,
+    has_checkpoint,
+    resume_epoch,
+)
 from .processes import KERNEL_START_ERRORS, STOP, _papermill
 from .spec import Grid
 
@@ -128,8 +136,9 @@ def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, f
     start, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.time()
     ckpt = grid.ckpt_dir(cfg)
     from_epoch = resume_epoch(ckpt)
-    if from_epoch == 0 and not force:
-        _warn_lost_checkpoint(grid, cfg)
+    lost = None if force else lost_checkpoint(grid, cfg)
+    if lost:
+        _log.warning(lost)
     outcome = _execute_run(grid, cfg, env, force)
     seconds = time.time() - t0
     if outcome in (Outcome.DONE, Outcome.FAILED) or (outcome == Outcome.INTERRUPTED and seconds > 1.0):
@@ -139,21 +148,20 @@ def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, f
     return outcome
 
 
-def _warn_lost_checkpoint(grid: Grid, cfg: RunConfig) -> None:
-    """Say so when a run that earlier attempts trained starts from epoch 0: their checkpoint is not where this
-    grid looks (another machine's disk, a removed cache, another ``LTKIT_CHECKPOINTS``), so their epochs
-    are trained again; ``spend.json`` keeps what they cost."""
-    if run_status(grid.run_dir(cfg)) == Status.DONE:
-        return
+def lost_checkpoint(grid: Grid, cfg: RunConfig) -> str | None:
+    """What to say when a run that earlier attempts trained starts from epoch 0 (None: it does not): their
+    checkpoints are not where this grid looks (another machine's disk, a removed cache, another
+    ``LTKIT_CHECKPOINTS``), so their epochs are trained again; ``spend.json`` keeps what they cost."""
+    if has_checkpoint(grid.ckpt_dir(cfg)) or run_status(grid.run_dir(cfg)) == Status.DONE:
+        return None
     earlier = [a for a in attempts(grid.run_dir(cfg)) if a.get("outcome") == Outcome.INTERRUPTED]
     if not earlier:
-        return
+        return None
     reached = max((a["to_epoch"] for a in earlier if isinstance(a.get("to_epoch"), int)), default=None)
     hours = sum(float(a.get("seconds") or 0) for a in earlier) / 3600
-    _log.warning(f"{cfg.run_path()} starts from epoch 0: its {len(earlier)} earlier interrupted attempt(s) "
-                 f"({hours:.1f} h{f', the furthest at epoch {reached}' if reached else ''}) left no checkpoint in "
-                 f"{grid.ckpt_dir(cfg)} (made on another machine, or its cache was removed): their epochs are "
-                 "trained again")
+    return (f"{cfg.run_path()} starts from epoch 0: its {len(earlier)} earlier interrupted attempt(s) "
+            f"({hours:.1f} h{f', the furthest at epoch {reached}' if reached else ''}) left no checkpoint in "
+            f"{grid.ckpt_dir(cfg)} (made on another machine, or its cache was removed): their epochs are trained again")
 
 
 def attempt(outcome: str, start: str, seconds: float, env: dict[str, str] | None, forced: bool = False,

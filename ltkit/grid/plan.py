@@ -127,6 +127,11 @@ def _checkpoints(ckpt: Path) -> list[tuple[str, Path]]:
     return own + [(name, folder) for _, name, folder in parts]
 
 
+def has_checkpoint(ckpt: Path) -> bool:
+    """Whether a run's checkpoint folder holds a ``last.pt`` to resume from (its own, or a part's)."""
+    return bool(_checkpoints(ckpt))
+
+
 def resume_epoch(ckpt: Path) -> int:
     """The epoch a run's checkpoint folder resumes from (0: no ``last.pt`` there), from its progress file."""
     if not (ckpt / LAST).exists():
