@@ -14,6 +14,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,12 @@ def read_json_or_empty(path: str | Path) -> dict:
     except (OSError, ValueError):
         return {}
     return out if isinstance(out, dict) else {}
+
+
+def aside_stamp() -> str:
+    """The suffix of a file or folder set aside (``*.replaced-<stamp>``, ``*.unreadable-<stamp>``): UTC time
+    plus microseconds, so two set asides never take one name and the later overwrite the earlier."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{time.time_ns() % 1_000_000:06d}"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

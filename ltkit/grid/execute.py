@@ -29,7 +29,7 @@ import yaml
 from ..config.fields import RunConfig
 from ..config.parameters import config_parameter_names
 from ..core.hardware import cores, cpu_model, gpu_model
-from ..core.io import LockHeld, atomic_write_bytes, atomic_write_text, is_locked, run_lock
+from ..core.io import LockHeld, aside_stamp, atomic_write_bytes, atomic_write_text, is_locked, run_lock
 from ..core.layout import (
     COMPLETE,
     EXECUTED_NOTEBOOK,
@@ -402,15 +402,11 @@ def record_notebooks(grid: Grid, jobs: int | None = None, stagger: float = 1.0) 
     return out
 
 
-def _stamp() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{time.time_ns() % 1_000_000:06d}"
-
-
 def _set_aside(run_dir: Path, ckpt: Path) -> None:
     """--force on a run with no finished result: train afresh. The old metrics and checkpoints are renamed
     ``*.replaced-<UTC time>`` (each generation kept), not deleted, and a preempted forced run then resumes
     from its *new* checkpoint."""
-    stamp = _stamp()
+    stamp = aside_stamp()
     for f in (run_dir / COMPLETE, run_dir / METRICS, ckpt / LAST, ckpt / FINAL):
         if f.exists():
             os.replace(f, f.with_name(f"{f.name}.replaced-{stamp}"))
@@ -435,8 +431,8 @@ def _forced_rerun(grid: Grid, cfg: RunConfig, env: dict[str, str] | None, start:
     attempt = forced_attempt(grid, cfg)
     if attempt is None or attempt.get("fingerprint") != cfg.fingerprint():
         if stage.exists():  # an interrupted attempt of another configuration: kept aside, not resumed
-            os.replace(stage, stage.with_name(f"{FORCED_OUTPUT}.replaced-{_stamp()}"))
-        attempt = {"stamp": _stamp(), "start": start, "fingerprint": cfg.fingerprint()}
+            os.replace(stage, stage.with_name(f"{FORCED_OUTPUT}.replaced-{aside_stamp()}"))
+        attempt = {"stamp": aside_stamp(), "start": start, "fingerprint": cfg.fingerprint()}
         for f in (ckpt / LAST, ckpt / FINAL):
             if f.exists():
                 os.replace(f, f.with_name(f"{f.name}.replaced-{attempt['stamp']}"))

@@ -10,7 +10,6 @@ import io
 import logging
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ..core.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, read_json, read_json_or_empty
+from ..core.io import aside_stamp, atomic_write_bytes, atomic_write_csv, atomic_write_json, read_json, read_json_or_empty
 from ..core.layout import ALIAS, METRICS, PROVENANCE
 from .provenance import now, provenance
 from .status import load_metrics, validate_metrics
@@ -80,7 +79,7 @@ def record_spend(out_dir: str | Path, entry: dict[str, Any]) -> None:
     attempts = doc.get("attempts", []) if isinstance(doc, dict) else None
     try:
         if not isinstance(attempts, list):
-            os.replace(path, path.with_name(f"{SPEND}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"))
+            os.replace(path, path.with_name(f"{SPEND}.unreadable-{aside_stamp()}"))
             _log.warning(f"{path} was not a spend record: kept aside as {SPEND}.unreadable-*, a new one started")
             attempts = []
         atomic_write_json(path, {"attempts": [*attempts, entry]})

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..config.fields import ConfigError, RunConfig
-from ..core.io import atomic_write_json, read_json_or_empty
+from ..core.io import aside_stamp, atomic_write_json, read_json_or_empty
 from ..core.layout import ALIAS, FINAL, METRICS, PROVENANCE, checkpoints_root, default_results_root, root_of
 from ..runs.portable import resolve
 from ..runs.provenance import now
@@ -149,7 +149,7 @@ def train(rep: Reproduction, progress: bool = True, ds=None):
     try:
         result = run(rep.cfg, ckpt_dir=rep.checkpoint_dir, progress=progress, ds=ds)
     except CheckpointMismatch:  # the scratch folder holds an earlier reproduction of another configuration
-        aside = rep.checkpoint_dir.with_name(f"{rep.checkpoint_dir.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+        aside = rep.checkpoint_dir.with_name(f"{rep.checkpoint_dir.name}.replaced-{aside_stamp()}")
         os.replace(rep.checkpoint_dir, aside)
         _log.warning(f"{rep.checkpoint_dir} held the checkpoint of another configuration (an earlier ltkit or "
                      f"options): set aside as {aside.name}; training afresh")
