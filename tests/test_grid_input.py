@@ -176,9 +176,6 @@ def test_offline_data_stops_the_cli_in_seconds(tmp_path):
 
 
 
-
-
-
 def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
     """`ltkit ... | head` (the reader closes the pipe before ltkit writes) exits 141 like any Unix tool, with
     nothing on stderr: it printed a BrokenPipeError traceback from `print` (or at exit, from the flush)."""
