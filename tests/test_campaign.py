@@ -26,9 +26,13 @@ def _own_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("LTKIT_CHECKPOINTS", raising=False)
 
 
-def _clone(tmp_path: Path, epochs: int, name: str = "repo") -> Path:
+QUEUE = [{"grid": "tiny-grid.yaml", "methods": ["la_posthoc"], "seeds": [0]},  # waits for ce seed 0
+         {"grid": "tiny-grid.yaml", "methods": ["ce"], "seeds": [0]}]
+
+
+def _clone(tmp_path: Path, epochs: int, name: str = "repo", queue: list[dict] | None = None) -> Path:
     """A clone of this repository's HEAD plus the working tree's ltkit/ and notebooks/ (what is under test),
-    with a tiny grid and campaign committed."""
+    with a tiny grid and campaign (``queue``, else :data:`QUEUE`) committed."""
     repo = tmp_path / name
     subprocess.run(["git", "clone", "-q", str(REPO), str(repo)], check=True)
     for sub in ("ltkit", "notebooks", "configs"):
@@ -38,9 +42,7 @@ def _clone(tmp_path: Path, epochs: int, name: str = "repo") -> Path:
                      "epochs": epochs, "bootstrap": 20, "precision": "fp32", "source_params": SRC},
             "seeds": [0, 1], "methods": ["ce", "bs", {"procedure": "la_posthoc", "stage1": "ce"}]}
     (repo / "configs" / "tiny-grid.yaml").write_text(yaml.safe_dump(grid))
-    camp = {"name": "tiny", "jobs": 1, "threads": 1,
-            "queue": [{"grid": "tiny-grid.yaml", "methods": ["la_posthoc"], "seeds": [0]},  # waits for ce seed 0
-                      {"grid": "tiny-grid.yaml", "methods": ["ce"], "seeds": [0]}]}
+    camp = {"name": "tiny", "jobs": 1, "threads": 1, "queue": queue or QUEUE}
     (repo / "configs" / "tiny-campaign.yaml").write_text(yaml.safe_dump(camp))
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "add", "-A"], check=True)
@@ -268,8 +270,18 @@ def test_a_grids_relative_data_root_is_the_checkouts_not_the_worktrees(tmp_path,
 
 
 @pytest.mark.slow
+def test_a_freed_slot_goes_to_a_ready_stage_two_before_queued_stage_ones():
+    """The order, alone: stage twos first, queue order kept within stage twos and within stage ones."""
+    items = [campaign.Item("g.yaml", m, s) for m, s in
+             [("ce", 1), ("la", 0), ("crt", 0), ("ce_drw", 0), ("las", 0), ("crt", 1)]]
+    got = campaign.launch_order(items, lambda i: i.method in ("crt", "las"))
+    assert [(i.method, i.seed) for i in got] == [("crt", 0), ("las", 0), ("crt", 1), ("ce", 1), ("la", 0), ("ce_drw", 0)]
+
+
 def test_campaign_trains_from_its_commit_in_priority_order(tmp_path):
-    repo = _clone(tmp_path, epochs=2)
+    # one slot; bs is queued before la_posthoc, yet la_posthoc (a stage two) takes the slot ce frees
+    queue = [{"grid": "tiny-grid.yaml", "methods": ["ce", "bs", "la_posthoc"], "seeds": [0]}]
+    repo = _clone(tmp_path, epochs=2, queue=queue)
     sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     st = campaign.start(repo / "configs" / "tiny-campaign.yaml", repo=repo)
     try:
@@ -284,7 +296,8 @@ def test_campaign_trains_from_its_commit_in_priority_order(tmp_path):
         _wait(lambda: not campaign._alive(st["pid"]), 240, "the campaign to finish")
     finally:
         campaign.stop(repo=repo, timeout=60)
-    assert _states(repo) == {"tiny-grid:la_posthoc:seed0": "done", "tiny-grid:ce:seed0": "done"}
+    assert _states(repo) == {"tiny-grid:ce:seed0": "done", "tiny-grid:bs:seed0": "done",
+                             "tiny-grid:la_posthoc:seed0": "done"}
     run = repo / "results" / "tiny" / "cao2019" / "synthetic_exp5" / "tiny_cnn"
     prov = json.loads((run / "ce" / "seed0" / "provenance.json").read_text())
     assert prov["git"]["commit"] == sha and prov["threads"] == 1
@@ -293,8 +306,9 @@ def test_campaign_trains_from_its_commit_in_priority_order(tmp_path):
     assert not (repo / ".campaign" / "src" / "checkpoints").exists()
     log = (repo / ".campaign" / "campaign.log").read_text()
     assert log.index("ce:seed0: start") < log.index("la_posthoc:seed0: start")  # waited for its stage one
+    assert log.index("la_posthoc:seed0: start") < log.index("bs:seed0: start")  # then went ahead of bs
     lines = campaign.status_lines(repo=repo)
-    assert lines[0].startswith("campaign not running") and lines[-1] == "2 done"
+    assert lines[0].startswith("campaign not running") and lines[-1] == "3 done"
     assert "1 x 1 thread(s) (as asked), started" in lines[0]  # the campaign file's jobs and threads
 
 

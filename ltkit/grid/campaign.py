@@ -9,15 +9,18 @@ matrix units, :mod:`ltkit.core.hardware`); a campaign is how such a machine fill
 
 ``start`` checks out the current commit into its own git worktree (``.campaign/src``) and trains
 from there, so edits in the working tree never change a run in flight and every run's provenance
-names that commit. Results go to the main checkout's ``results/``; checkpoints to its
-``checkpoints/`` (``LTKIT_CHECKPOINTS``), so a campaign started again, after a stop or a restart of
-the machine, resumes each run from its last epoch (or starts it again where the checkpoints are gone).
+names that commit. Results go to the main checkout's ``results/``; checkpoints to a per-user cache
+keyed by the repository and machine (:func:`~ltkit.core.layout.campaign_checkpoints_root`, or
+``LTKIT_CHECKPOINTS``), so a campaign started again, after a stop, a restart of the machine or from a
+fresh clone, resumes each run from its last epoch (or starts it again where the checkpoints are gone).
 The runs look for their data where the checkout does (``LTKIT_DATA``, else its ``data/``), not in the
 worktree; ``start`` refuses a queue none of whose runs left could find it.
 
 Each queue entry is trained by ``ltkit grid run <grid> --only <method> --seeds <seed>`` in a child
 process (locks, papermill, resume, provenance: all the grid's); a stage-two run waits until the
-stage-one run it starts from is done, while later entries go ahead.
+stage-one run it starts from is done, while later entries go ahead. A freed slot goes first to a
+stage two whose stage one is done (:func:`launch_order`): it trains for minutes where a stage one
+trains for hours, and it completes a row that its stage one left half-filled.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -310,7 +314,7 @@ def _drive(camp: Campaign, home: Path, jobs: int, threads: int, log_level: str) 
         todo = [i for i in camp.queue if i not in finished and i not in running]
         if not todo and not running:
             break
-        for item in todo:
+        for item in launch_order(todo, lambda i: bool(_cfg(grids[i.grid], i).stage1)):
             if len(running) >= jobs:
                 break
             if ready(item):
@@ -325,6 +329,15 @@ def _drive(camp: Campaign, home: Path, jobs: int, threads: int, log_level: str) 
     _log.info(f"campaign {camp.name}: {sum(f == 'done' for f in finished.values())} of {len(camp.queue)} done"
               + (f"; not finished: {', '.join(failed)}" if failed else "") + ("; stopped" if _Stop.requested else ""))
     return 130 if _Stop.requested else (1 if failed else 0)
+
+
+def launch_order(todo: list[Item], is_stage_two: Callable[[Item], bool]) -> list[Item]:
+    """The order in which a freed slot looks at the runs left: stage twos first, then stage ones, each in
+    queue order. A stage two trains a classifier for minutes on a finished stage one's features; put
+    behind a stage one queued before it, it would wait hours, and so would the row it completes (with
+    one slot, a finished ``ce_mixup`` seed would hand its slot to the next 2-hour run, not to its own
+    five stage twos). Stage twos whose stage one is not done are skipped by the caller, as before."""
+    return sorted(todo, key=lambda item: not is_stage_two(item))  # stable: queue order within each kind
 
 
 def _one(grid: Grid, cfg) -> Grid:
