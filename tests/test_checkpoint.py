@@ -22,8 +22,16 @@ def test_stage_one_checkpoint_of_another_configuration_is_refused(tmp_path):
     g = grid_from_spec(s)
     other = make_config({**g.runs[0].to_dict(), "lr": 0.5})
     ck = g.ckpt_dir(g.runs[0])
+    theirs = g.campaign_ckpt_dir(g.runs[0])  # a stage one the campaign trained: its final.pt in the user cache
     try:
-        assert "is missing" in _stage1_problem(g, g.runs[1])
+        assert "is missing" in _stage1_problem(g, g.runs[1]) and "campaign" not in _stage1_problem(g, g.runs[1])
+        theirs.mkdir(parents=True)
+        torch.save({"model": {}}, theirs / "final.pt")
+        msg = _stage1_problem(g, g.runs[1])
+        assert f"{ck / 'final.pt'} is missing" in msg and f"the campaign's checkpoint of that run is {theirs / 'final.pt'}" in msg
+        root = theirs.parents[len(Path(g.runs[0].run_path()).parts)]
+        assert msg.endswith(f"LTKIT_CHECKPOINTS={root} (or queue it in the campaign)")
+        assert make_grid_with_root(s, root).ckpt_dir(g.runs[0]) == theirs  # what that setting makes it read
         ck.mkdir(parents=True)
         final = {"model": {}, "model_name": "tiny_cnn", "config": {}}
         torch.save({**final, "fingerprint": other.fingerprint()}, ck / "final.pt")
@@ -39,6 +47,14 @@ def test_stage_one_checkpoint_of_another_configuration_is_refused(tmp_path):
         import shutil
 
         shutil.rmtree(g.ckpt_root, ignore_errors=True)
+        shutil.rmtree(theirs.parents[len(Path(g.runs[0].run_path()).parts) - 1], ignore_errors=True)
+
+
+def make_grid_with_root(s: dict, root: Path):
+    """The same grid as a stage two sees it with ``LTKIT_CHECKPOINTS=root``."""
+    g = grid_from_spec(s)
+    g.checkpoints = root
+    return g
 
 
 def test_finite_divergence_is_caught(tiny_cfg, monkeypatch):
