@@ -215,11 +215,20 @@ def test_status_says_how_long_the_queue_has_left_at_the_pace_of_the_runs_trainin
     from ltkit.training.procedures import PROCEDURES
 
     camp = campaign.load_campaign(REPO / "configs" / "campaign-cpu.yaml")
-    rows = campaign.item_states(camp, REPO)
     grids = campaign._grids(camp, REPO)
+
+    def trains(item) -> bool:
+        return bool(PROCEDURES.info(campaign._cfg(grids[item.grid], item).procedure).trainings)
+
+    rows = campaign.item_states(camp, REPO)
+    # whatever the committed results hold today, both kinds are left: two finished stage ones and one finished
+    # stage two pretend to be queued (the campaign runs stage twos first, so the real queue often has none left)
+    done = [i for i, st, _ in rows if st == "done"]
+    pretend = {*[i for i in done if trains(i)][-2:], [i for i in done if not trains(i)][-1]}
+    rows = [(i, "queued" if i in pretend else st, d) for i, st, d in rows]
     todo = [(i, st) for i, st, _ in rows if st != "done"]
-    stage_one = [i for i, _ in todo if PROCEDURES.info(campaign._cfg(grids[i.grid], i).procedure).trainings]
-    assert len(stage_one) >= 2 and len(todo) > len(stage_one)  # the committed queue has both kinds left
+    stage_one = [i for i, _ in todo if trains(i)]
+    assert len(stage_one) >= 2 and len(todo) > len(stage_one)
     idle = campaign.time_left(grids, rows, jobs=1)
     assert "none training now" in idle and f"for {len(todo)} run(s), 1 at a time" in idle
 
