@@ -278,7 +278,6 @@ def test_a_grids_relative_data_root_is_the_checkouts_not_the_worktrees(tmp_path,
     assert load_grid(worktree / "configs" / "g.yaml").runs[0].data_root == str(REPO / "my_images")
 
 
-@pytest.mark.slow
 def test_a_freed_slot_goes_to_a_ready_stage_two_before_queued_stage_ones():
     """The order, alone: stage twos first, queue order kept within stage twos and within stage ones."""
     items = [campaign.Item("g.yaml", m, s) for m, s in
@@ -287,6 +286,7 @@ def test_a_freed_slot_goes_to_a_ready_stage_two_before_queued_stage_ones():
     assert [(i.method, i.seed) for i in got] == [("crt", 0), ("las", 0), ("crt", 1), ("ce", 1), ("la", 0), ("ce_drw", 0)]
 
 
+@pytest.mark.slow
 def test_campaign_trains_from_its_commit_in_priority_order(tmp_path):
     # one slot; bs is queued before la_posthoc, yet la_posthoc (a stage two) takes the slot ce frees
     queue = [{"grid": "tiny-grid.yaml", "methods": ["ce", "bs", "la_posthoc"], "seeds": [0]}]
