@@ -47,8 +47,8 @@ def default_data_root(repo: Path = REPO) -> Path:
 
 
 def checkpoints_root() -> Path:
-    """``LTKIT_CHECKPOINTS`` if set (the CPU campaign keeps its checkpoints in the main checkout while it
-    trains from a worktree of a fixed commit), else the repository's ``checkpoints/`` (git-ignored)."""
+    """``LTKIT_CHECKPOINTS`` if set (the CPU campaign sets it, for the runs it launches from its worktree of a
+    fixed commit, to :func:`campaign_checkpoints_root`), else the repository's ``checkpoints/`` (git-ignored)."""
     return Path(os.environ.get("LTKIT_CHECKPOINTS") or REPO / "checkpoints")
 
 

@@ -74,15 +74,21 @@ class Grid:
     def ckpt_dir(self, cfg: RunConfig) -> Path:
         return self.ckpt_root / cfg.run_path()
 
-    def campaign_ckpt_dir(self, cfg: RunConfig) -> Path | None:
-        """The same run's checkpoint folder under the campaign's root (the per-user cache), where that is not this
-        grid's own: a plain ``ltkit grid run`` or ``grid status`` in the checkout then sees a run the campaign is
-        training (and leaves it alone) instead of calling it missing and training it a second time. None where
-        the two roots are one (the campaign's own runs, or ``LTKIT_CHECKPOINTS`` set)."""
+    def campaign_ckpt_root(self) -> Path | None:
+        """The campaign's checkpoint root for this checkout (the per-user cache, what ``LTKIT_CHECKPOINTS`` names
+        to start from the campaign's checkpoints), where that is not this grid's own root; None where the two are
+        one (the campaign's own runs, or ``LTKIT_CHECKPOINTS`` set)."""
         if self.checkpoints is not None:
             return None
-        other = campaign_checkpoints_root(self.home or default_home()) / self.ckpt_root.name / cfg.run_path()
-        return None if other.resolve() == self.ckpt_dir(cfg).resolve() else other
+        root = campaign_checkpoints_root(self.home or default_home())
+        return None if root.resolve() == checkpoints_root().resolve() else root
+
+    def campaign_ckpt_dir(self, cfg: RunConfig) -> Path | None:
+        """The same run's checkpoint folder under the campaign's root (:meth:`campaign_ckpt_root`): a plain
+        ``ltkit grid run`` or ``grid status`` in the checkout then sees a run the campaign is training (and leaves
+        it alone) instead of calling it missing and training it a second time."""
+        root = self.campaign_ckpt_root()
+        return None if root is None else root / self.ckpt_root.name / cfg.run_path()
 
 
 def _read_spec(path: Path) -> dict:
