@@ -251,6 +251,13 @@ def test_status_says_how_long_the_queue_has_left_at_the_pace_of_the_runs_trainin
         hours = (epochs * 36.0 + stage_two) / jobs / 3600
         assert line.startswith(f"left: about {hours:.0f} h of training for {len(todo)} run(s), {jobs} at a time "
                                f"({epochs} epochs at 36 s each, the pace of the runs training now")
+    # the same run stopped part-way (a campaign stopped, or a fresh clone): its last epoch time is this machine's
+    # latest pace, not the mean of every finished run (which counts older machines and splits: 16 h for 7 h)
+    rows = [(i, "queued" if i == first else st, d) for i, st, d in rows]
+    line = campaign.time_left(grids, rows, jobs=1)
+    assert line.startswith(f"left: about {(epochs * 36.0 + stage_two) / 3600:.0f} h of training for {len(todo)} run(s), "
+                           f"1 at a time ({epochs} epochs at 36 s each, the last pace of the 1 run(s) stopped "
+                           "part-way, none training now")
     assert campaign.time_left(grids, [(i, "done", "") for i, _, _ in rows], jobs=2) == ""
 
 

@@ -169,26 +169,27 @@ def item_states(camp: Campaign, home: Path | None = None,
 
 
 def time_left(grids: dict[str, Grid], rows: list[tuple[Item, str, str]], jobs: int) -> str:
-    """How long the rest of the queue trains, as a line of ``status``: the epochs left of every run not done
-    at the pace of the runs training now (their last epoch time, under the campaign's own split; else the
-    finished stage-one runs' mean pace), stage twos at what their finished runs of the same procedure took (else
-    any stage two's), ``jobs`` at a time. '' when nothing is left or no pace is known yet. A projection, not a
-    promise: a stop, a restart from an older checkpoint or other work on the machine moves it. ``grids``: the
-    campaign's (:func:`_grids`)."""
+    """How long the rest of the queue trains, as a line of ``status``: the epochs left of every run not done at the
+    pace of the runs training now (their last epoch time, under the campaign's own split; else the last epoch time
+    of runs stopped part-way, the latest pace this machine measured; else the finished stage-one runs' mean pace,
+    which counts runs trained on other machines and splits), stage twos at what their finished runs of the same
+    procedure took (else any stage two's), ``jobs`` at a time. '' when nothing is left or no pace is known yet. A
+    projection, not a promise: a stop, a restart from an older checkpoint or other work on the machine moves it.
+    ``grids``: the campaign's (:func:`_grids`)."""
     from ..runs.records import training_seconds
     from ..training.procedures import PROCEDURES
 
     todo = [(item, st) for item, st, _ in rows if st != "done"]
     if not todo:
         return ""
-    paces, stage_two, progress_of = [], {}, {}
+    paces, stopped, stage_two, progress_of = [], [], {}, {}
     for item, st in todo:
         grid = grids[item.grid]
         p = read_json_or_empty(grid.ckpt_dir(_cfg(grid, item)) / PROGRESS)
         if p.get("epochs"):
             progress_of[item] = p
-            if st == "running" and p.get("seconds_per_epoch"):
-                paces.append(float(p["seconds_per_epoch"]))
+            if p.get("seconds_per_epoch"):
+                (paces if st == "running" else stopped).append(float(p["seconds_per_epoch"]))
     source = "the pace of the runs training now"
     finished_paces = []
     for item, st, _ in rows:
@@ -205,6 +206,8 @@ def time_left(grids: dict[str, Grid], rows: list[tuple[Item, str, str]], jobs: i
                 finished_paces.append(took / (cfg.epochs * trainings))
         else:
             stage_two.setdefault(cfg.procedure, []).append(took)
+    if not paces and stopped:
+        paces, source = stopped, f"the last pace of the {len(stopped)} run(s) stopped part-way, none training now"
     if not paces and finished_paces:
         paces, source = finished_paces, f"the mean pace of the {len(finished_paces)} finished run(s), none training now"
     if not paces:
