@@ -134,11 +134,11 @@ def _campaigns_copy(grid: Grid, s1: RunConfig, path: Path) -> str:
     """Where a plain ``grid run`` misses a stage one that the campaign trained: its ``final.pt`` is in the
     campaign's per-user cache, not in this grid's checkpoint root; say where, and how to start from it,
     rather than only "run it first" (hours of training for a run that is done)."""
-    root, other = grid.campaign_ckpt_root(), grid.campaign_ckpt_dir(s1)
+    other = grid.campaign_ckpt_dir(s1)
     if path.exists() or other is None or not (other / FINAL).exists():
         return ""
     return (f"; the campaign's checkpoint of that run is {other / FINAL}: start the stage two from it with "
-            f"LTKIT_CHECKPOINTS={root} (or queue it in the campaign)")
+            f"LTKIT_CHECKPOINTS={grid.campaign_ckpt_root()} (or queue it in the campaign)")
 
 
 def execute_run(grid: Grid, cfg: RunConfig, env: dict[str, str] | None = None, force: bool = False) -> str:
